@@ -1,0 +1,3 @@
+from recbole_align.data.dataset import AlignSequentialDataset
+
+__all__ = ['AlignSequentialDataset']

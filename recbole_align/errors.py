@@ -1,0 +1,5 @@
+"""The one exception type for bad input: the CLI prints its message and exits non-zero."""
+
+
+class AlignError(Exception):
+    """A problem with the user's model, data, config or checkpoint, stated in one line."""

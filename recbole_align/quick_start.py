@@ -1,0 +1,168 @@
+"""The run function behind ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
+
+import argparse
+import json
+import sys
+from logging import getLogger
+from pathlib import Path
+from time import time
+
+from recbole.config import Config
+from recbole.data import data_preparation
+from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed, set_color
+
+from recbole_align.data import AlignSequentialDataset
+from recbole_align.errors import AlignError
+from recbole_align.evaluator import rating_filtered_loader
+from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
+from recbole_align.trainer import with_align_evaluation
+
+EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
+
+
+def resolve_model(name):
+    """The registered recbole-align model ``name``, else RecBole's model and trainer of that name."""
+    if name in MODELS:
+        return MODELS[name]
+    try:
+        model_class = get_model(name)
+    except ValueError:
+        raise AlignError(
+            f"Unknown model [{name}]: not a recbole-align model ({', '.join(sorted(MODELS))}) "
+            f"nor a RecBole model."
+        ) from None
+    trainer_class = with_align_evaluation(get_trainer(model_class.type, name))
+    return AlignModel(model_class, trainer_class, None)
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """RecBole Config with recbole-align's yaml first: overall < model < dataset < the user's files."""
+    spec = resolve_model(model)
+    defaults = [
+        PROPERTIES_DIR / "overall.yaml",
+        spec.config_file,
+        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
+    ]
+    files = [str(f) for f in defaults if f is not None and f.exists()] + list(config_file_list or [])
+    for f in files:
+        if not Path(f).is_file():
+            raise AlignError(f"Config file [{f}] does not exist.")
+    config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    config["model"] = model
+    return config, spec
+
+
+def load_dataset(config, model_class):
+    """The RecBole dataset for ``config``, with clear errors for data the run cannot use."""
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        raise AlignError(
+            f"recbole-align evaluates sequential recommenders on leave-one-out next-item cases; "
+            f"[{config['model']}] is a {config['MODEL_TYPE'].name.lower()} RecBole model."
+        )
+    inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    if not inter_file.is_file():
+        raise AlignError(
+            f"Dataset [{config['dataset']}] not found: no file [{inter_file}] (set --data_path to the "
+            f"folder that holds {config['dataset']}/{config['dataset']}.inter)."
+        )
+    dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))
+    if dataset.time_field not in dataset.field2type:
+        raise AlignError(
+            f"[{config['model']}] needs a timestamp: dataset [{config['dataset']}] has no "
+            f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
+        )
+    return dataset
+
+
+def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):
+    """Train ``model`` on ``dataset`` and evaluate it, unfiltered and on the rating-filtered cases.
+
+    Returns the results dict that is also written as JSON to ``results_file`` (default: next to
+    the checkpoint): model, dataset, seed, {valid,test}[_filtered] metrics, case counts,
+    checkpoint, timings and the per-epoch log.
+    """
+    config, spec = build_config(model, dataset, config_file_list, config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    data = load_dataset(config, spec.model_class)
+    logger.info(data)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    loaders = {
+        "valid": valid_data,
+        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
+        "test": test_data,
+        "test_filtered": rating_filtered_loader(config, test_data, "test"),
+    }
+
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    recommender = spec.model_class(config, train_data._dataset).to(config["device"])
+    logger.info(recommender)
+    trainer = spec.trainer_class(config, recommender)
+
+    start = time()
+    trainer.fit(train_data, loaders["valid_filtered"], saved=saved, show_progress=config["show_progress"])
+    train_seconds = time() - start
+
+    metrics = {}
+    for split in EVAL_SPLITS:
+        load_best = saved and not metrics  # load the best checkpoint once, before the first split
+        metrics[split] = dict(trainer.evaluate(loaders[split], load_best_model=load_best))
+    counts = {f"n_{split}": len(loaders[split]._dataset) for split in EVAL_SPLITS}
+    for split in EVAL_SPLITS:
+        n_cases = counts[f"n_{split}"]
+        logger.info(set_color(f"{split} result ({n_cases} cases)", "yellow") + f": {metrics[split]}")
+
+    results = {
+        "model": model,
+        "dataset": dataset,
+        "seed": config["seed"],
+        **metrics,
+        **counts,
+        "checkpoint": trainer.saved_model_file if saved else None,
+        "train_seconds": train_seconds,
+        "epochs_run": len(trainer.epoch_log),
+        "best_epoch": trainer.best_epoch(),
+        "seconds_per_epoch": sum(e["train_seconds"] for e in trainer.epoch_log) / max(len(trainer.epoch_log), 1),
+        "peak_memory_mb": trainer.peak_memory_mb(),
+        "eval_rating_threshold": config["eval_rating_threshold"],
+        "epoch_log": trainer.epoch_log,
+        "config": _json_safe(config.final_config_dict),
+    }
+    results_file = Path(config["results_file"] or Path(trainer.saved_model_file).with_suffix(".json"))
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2))
+    results["results_file"] = str(results_file)
+    logger.info(set_color("results written to", "blue") + f": {results_file}")
+    return results
+
+
+def _json_safe(config_dict):
+    """The config entries that JSON can hold (RecBole's config also holds enums and devices)."""
+    safe = {}
+    for key, value in config_dict.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        safe[key] = value
+    return safe
+
+
+def main(argv=None):
+    """Command line: ``--model``, ``--dataset``, ``--config_files`` (space separated) as in RecBole;
+    any other ``--key=value`` is a config override that RecBole's Config reads from the command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", "-m", default="HSTU", help="recbole-align or RecBole model name")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files")
+    args, _ = parser.parse_known_args(argv)
+    config_files = args.config_files.strip().split(" ") if args.config_files else None
+    try:
+        run_recbole_align(args.model, args.dataset, config_file_list=config_files)
+    except AlignError as error:
+        print(f"recbole-align: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,98 @@
+"""RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
+
+import resource
+from time import time
+
+import numpy as np
+import torch
+import torch.optim as optim
+from recbole.trainer import Trainer
+from recbole.utils import ModelType
+
+from recbole_align.compat import full_checkpoint_loading
+
+
+class AlignTrainerMixin:
+    """Adds to any RecBole trainer:
+
+    * full-sort evaluation that excludes the items of the case's history (the model's input
+      window, as the HSTU reference does); RecBole 1.2.1 excludes nothing for sequential models;
+    * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
+      statistics a post-training trainer adds) that ends up in the results JSON;
+    * AdamW/Adam betas from the ``optimizer_betas`` config key;
+    * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`).
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.epoch_log = []
+
+    def _build_optimizer(self, **kwargs):
+        betas = self.config["optimizer_betas"]
+        learner = kwargs.get("learner", self.learner).lower()
+        if betas is None or learner not in ("adam", "adamw"):
+            return super()._build_optimizer(**kwargs)
+        optimizer_class = optim.AdamW if learner == "adamw" else optim.Adam
+        return optimizer_class(
+            kwargs.get("params", self.model.parameters()),
+            lr=kwargs.get("learning_rate", self.learning_rate),
+            betas=tuple(betas),
+            weight_decay=kwargs.get("weight_decay", self.weight_decay),
+        )
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        start = time()
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        total = sum(losses) if isinstance(losses, tuple) else losses
+        self.epoch_log.append(
+            {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": time() - start}
+        )
+        return losses
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        if self.epoch_log:
+            self.epoch_log[-1]["valid_filtered"] = dict(valid_result)
+        return valid_score, valid_result
+
+    def _full_sort_batch_eval(self, batched_data):
+        interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)
+        if self.config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+            history = interaction[self.model.ITEM_SEQ].to(scores.device)
+            scores.scatter_(1, history, -np.inf)
+        return interaction, scores, positive_u, positive_i
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        with full_checkpoint_loading():
+            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def resume_checkpoint(self, resume_file):
+        with full_checkpoint_loading():
+            super().resume_checkpoint(resume_file)
+
+    def best_epoch(self):
+        """Index of the epoch whose filtered valid score was best (None without validation)."""
+        scored = [e for e in self.epoch_log if "valid_filtered" in e]
+        if not scored:
+            return None
+        sign = 1 if self.valid_metric_bigger else -1
+        return max(scored, key=lambda e: sign * e["valid_filtered"][self.valid_metric])["epoch"]
+
+    def peak_memory_mb(self):
+        """Peak memory of this process: GPU memory on CUDA, resident set size otherwise."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class AlignTrainer(AlignTrainerMixin, Trainer):
+    """The trainer of behaviour cloning and of RecBole baselines run through recbole-align."""
+
+
+def with_align_evaluation(trainer_class):
+    """``trainer_class`` itself if it already evaluates like recbole-align, else a subclass that does."""
+    if issubclass(trainer_class, AlignTrainerMixin):
+        return trainer_class
+    if trainer_class is Trainer:
+        return AlignTrainer
+    return type(f"Align{trainer_class.__name__}", (AlignTrainerMixin, trainer_class), {})
