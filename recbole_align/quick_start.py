@@ -1,9 +1,11 @@
 """The run function behind ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
 
 import argparse
+import hashlib
 import json
 import sys
 from logging import getLogger
+from dataclasses import replace
 from pathlib import Path
 from time import time
 
@@ -14,10 +16,17 @@ from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_s
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
+from recbole_align.pretrained import load_pretrained
 from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
 from recbole_align.trainer import with_align_evaluation
 
 EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
+# Config keys that do not change what a BC stage learns, left out of its reuse key.
+RUN_ONLY_KEYS = {
+    "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
+    "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
+    "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint",
+}
 
 
 def resolve_model(name):
@@ -36,18 +45,35 @@ def resolve_model(name):
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """RecBole Config with recbole-align's yaml first: overall < model < dataset < the user's files."""
+    """RecBole Config with recbole-align's yaml first: overall < backbone < model < dataset < the
+    user's files < config_dict < command line. A post-training model runs on the model class named
+    by its ``backbone`` key (default HSTU) and layers its own yaml over the backbone's."""
     spec = resolve_model(model)
-    defaults = [
-        PROPERTIES_DIR / "overall.yaml",
-        spec.config_file,
-        PROPERTIES_DIR / "dataset" / f"{dataset}.yaml",
-    ]
-    files = [str(f) for f in defaults if f is not None and f.exists()] + list(config_file_list or [])
-    for f in files:
+    user_files = list(config_file_list or [])
+    for f in user_files:
         if not Path(f).is_file():
             raise AlignError(f"Config file [{f}] does not exist.")
-    config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+    def make(model_class, model_files):
+        dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+        defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
+        files = [str(f) for f in defaults if f is not None and f.exists()] + user_files
+        return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+    if not spec.post_training:
+        config = make(spec.model_class, [spec.config_file])
+    else:
+        backbone_name = make(spec.model_class, [spec.config_file])["backbone"]  # probe: which backbone
+        backbone = resolve_model(backbone_name)
+        if backbone.post_training:
+            raise AlignError(f"backbone [{backbone_name}] is itself a post-training method; name a backbone model.")
+        if not hasattr(backbone.model_class, "position_losses"):
+            raise AlignError(
+                f"backbone [{backbone_name}] cannot be post-trained: it has no position_losses() "
+                f"(per-position next-item losses)."
+            )
+        spec = replace(spec, model_class=backbone.model_class)
+        config = make(spec.model_class, [backbone.config_file, spec.config_file])
     config["model"] = model
     return config, spec
 
@@ -74,6 +100,37 @@ def load_dataset(config, model_class):
     return dataset
 
 
+def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
+    """The BC checkpoint a post-training run starts from: trained by a nested run of the backbone
+    (``backbone`` config key) on the same data and config, saved under ``checkpoint_dir``, and
+    reused by any later run whose BC config is the same (the key hashes that config)."""
+    backbone, dataset = config["backbone"], config["dataset"]
+    bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
+    bc_config, bc_spec = build_config(backbone, dataset, config_file_list, bc_dict)
+    known = {key for group in bc_config.parameters.values() for key in group}
+    known |= set(_yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(_yaml_keys(bc_spec.config_file))
+    known |= {"dataset", "model"}
+    reuse_config = {k: v for k, v in _json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
+    key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
+    logger = getLogger()
+    if path.is_file():
+        logger.info(set_color("BC stage", "green") + f": reusing {path}")
+        return str(path)
+    logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
+    run_recbole_align(backbone, dataset, config_file_list, {**bc_dict, "checkpoint_file": str(path)})
+    logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
+    return str(path)
+
+
+def _yaml_keys(path):
+    if path is None or not Path(path).is_file():
+        return []
+    import yaml
+
+    return list((yaml.safe_load(Path(path).read_text()) or {}).keys())
+
+
 def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):
     """Train ``model`` on ``dataset`` and evaluate it, unfiltered and on the rating-filtered cases.
 
@@ -88,6 +145,9 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     logger.info(sys.argv)
     logger.info(config)
 
+    if spec.post_training and not config["pretrained_checkpoint"]:
+        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
+
     data = load_dataset(config, spec.model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -99,7 +159,11 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     }
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
-    recommender = spec.model_class(config, train_data._dataset).to(config["device"])
+    recommender = spec.model_class(config, train_data._dataset)
+    if spec.post_training:
+        load_pretrained(recommender, config["pretrained_checkpoint"], config)
+        logger.info(set_color("loaded pretrained weights", "blue") + f": {config['pretrained_checkpoint']}")
+    recommender = recommender.to(config["device"])
     logger.info(recommender)
     trainer = spec.trainer_class(config, recommender)
 
@@ -123,6 +187,7 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         **metrics,
         **counts,
         "checkpoint": trainer.saved_model_file if saved else None,
+        "pretrained_checkpoint": config["pretrained_checkpoint"] if spec.post_training else None,
         "train_seconds": train_seconds,
         "epochs_run": len(trainer.epoch_log),
         "best_epoch": trainer.best_epoch(),

@@ -16,14 +16,20 @@ class AlignModel:
     model_class: type
     trainer_class: type
     config_file: Path
+    post_training: bool = False  # starts from a BC checkpoint of its backbone
 
 
 MODELS = {}
 
 
-def register_model(name, model_class, trainer_class, config_file=None):
-    """Make ``name`` runnable by ``run_recbole_align``; the yaml defaults to properties/model/<name>.yaml."""
-    MODELS[name] = AlignModel(model_class, trainer_class, Path(config_file or PROPERTIES_DIR / "model" / f"{name}.yaml"))
+def register_model(name, model_class, trainer_class, config_file=None, post_training=False):
+    """Make ``name`` runnable by ``run_recbole_align``; the yaml defaults to properties/model/<name>.yaml.
+
+    A ``post_training`` model starts from the BC checkpoint named by ``pretrained_checkpoint`` or,
+    when none is given, from one trained (or reused) by the same run.
+    """
+    config_file = Path(config_file or PROPERTIES_DIR / "model" / f"{name}.yaml")
+    MODELS[name] = AlignModel(model_class, trainer_class, config_file, post_training)
 
 
 def _register_builtin_models():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_align.errors import AlignError
 from recbole_align.model import hstu
 from recbole_align.model.hstu import HSTU, next_step, time_bucket
 
@@ -94,7 +95,8 @@ def test_outputs_independent_of_padding_and_batch():
     mixed = make_batch(*zip(longer, user, other))
     with torch.no_grad():
         assert torch.allclose(outputs(model, alone)[0], outputs(model, mixed)[1, :3], atol=1e-6)
-        assert torch.allclose(model.full_sort_predict(alone)[0], model.full_sort_predict(mixed)[1], atol=1e-4)
+        scores_alone, scores_mixed = model.full_sort_predict(alone), model.full_sort_predict(mixed)
+        assert torch.allclose(scores_alone[0], scores_mixed[1], atol=1e-4)
         assert torch.allclose(model.predict(alone)[0], model.predict(mixed)[1], atol=1e-4)
         assert (outputs(model, mixed)[1, 3:] == 0).all()
 
@@ -114,16 +116,16 @@ def test_all_position_loss_equals_prefix_losses():
     model = make_model("CE").eval()
     items, times = [4, 8, 15, 16, 2], [0.0, 60.0, 3 * DAY, 40 * DAY, 41 * DAY]
     with torch.no_grad():
-        loss, mask, rating = model.position_losses(make_batch([items[:4]], [times[:4]], [items[4]], [times[4]]))
+        whole = make_batch([items[:4]], [times[:4]], [items[4]], [times[4]])
+        loss, mask, rating = model.position_losses(whole)
         assert mask.tolist() == [[True] * 4 + [False] * 4] and rating is None
         prefix_losses = []
         for k in range(1, 5):
-            pl, pm, _ = model.position_losses(make_batch([items[:k]], [times[:k]], [items[k]], [times[k]]))
+            pl, _, _ = model.position_losses(make_batch([items[:k]], [times[:k]], [items[k]], [times[k]]))
             prefix_losses.append(pl[0, k - 1])
         assert torch.allclose(loss[0, :4], torch.stack(prefix_losses), atol=1e-5)
-        assert torch.allclose(model.calculate_loss(make_batch([items[:4]], [times[:4]], [items[4]], [times[4]])),
-                              torch.stack(prefix_losses).mean(), atol=1e-5)
-        state = model.user_state(make_batch([items[:4]], [times[:4]], [items[4]], [times[4]]))
+        assert torch.allclose(model.calculate_loss(whole), torch.stack(prefix_losses).mean(), atol=1e-5)
+        state = model.user_state(whole)
         log_pi = torch.log_softmax(model.catalogue_logits(state), dim=-1)[0, items[4]]
         assert torch.allclose(-log_pi, loss[0, 3], atol=1e-5)
 
@@ -161,12 +163,27 @@ def test_sampled_softmax_negatives_loss_and_gradients(monkeypatch):
 def test_negative_equal_to_positive_is_masked():
     model = make_model("SSM", n_items=2)  # only item 1 exists: every negative is the positive
     batch = make_batch([[1, 1, 1]], [[0.0, 1.0, 2.0]], [1], [3.0])
-    loss, mask, _ = model.position_losses(batch)
+    loss, _, _ = model.position_losses(batch)
     assert torch.allclose(loss, torch.zeros_like(loss))
 
 
 def test_missing_timestamp_field_raises():
-    with pytest.raises(ValueError, match="HSTU needs a timestamp field"):
+    with pytest.raises(AlignError, match="HSTU needs a timestamp field"):
         make_model(fields=("item_id_list",))
-    with pytest.raises(ValueError, match="HSTU needs a timestamp field"):
+    with pytest.raises(AlignError, match="HSTU needs a timestamp field"):
         make_model(time_field=None)
+
+
+def test_relative_bias_uses_offset_and_next_timestamp():
+    rab = hstu.RelativeBucketedTimeAndPositionBias(max_len=4, num_buckets=128)
+    with torch.no_grad():
+        rab.pos_weights.copy_(torch.arange(7.0))
+        rab.time_weights.copy_(torch.arange(129.0) * 100)
+    time_seq = torch.tensor([[0.0, DAY, 2 * DAY]], dtype=torch.float64)
+    next_time = torch.tensor([[DAY, 2 * DAY, 2 * DAY + 365 * DAY]], dtype=torch.float64)
+    bias = rab(time_seq, next_time)[0]
+    for i in range(3):
+        for j in range(3):
+            bucket = time_bucket(next_time[0, i] - time_seq[0, j]).item()
+            assert bias[i, j].item() == (j - i + 3) + 100 * bucket
+    assert bias[2, 0].item() == 1 + 100 * 57 and bias[0, 0].item() == 3 + 100 * 37

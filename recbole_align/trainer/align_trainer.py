@@ -17,6 +17,7 @@ class AlignTrainerMixin:
 
     * full-sort evaluation that excludes the items of the case's history (the model's input
       window, as the HSTU reference does); RecBole 1.2.1 excludes nothing for sequential models;
+    * ``checkpoint_file`` (config key) to choose the checkpoint's path;
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
       statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
@@ -26,6 +27,8 @@ class AlignTrainerMixin:
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_log = []
+        if config["checkpoint_file"]:
+            self.saved_model_file = config["checkpoint_file"]
 
     def _build_optimizer(self, **kwargs):
         betas = self.config["optimizer_betas"]

@@ -1,0 +1,3 @@
+from recbole_align.model.hstu import HSTU
+
+__all__ = ["HSTU"]

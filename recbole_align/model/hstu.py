@@ -1,0 +1,225 @@
+"""HSTU (Zhai et al., ICML 2024, "Actions Speak Louder than Words") as a RecBole sequential model.
+
+A dense, padded port of Meta's research code (generative-recommenders, ``research/modeling/
+sequential/hstu.py``), read top to bottom as the paper's figure: relative bias, one HSTU block,
+the encoder, the RecBole model. Every position predicts the next item (the all-position loss);
+the user state is the L2-normalised output at the last real position, and an item's score is
+cosine(user state, item embedding) / temperature.
+"""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from recbole_align.errors import AlignError
+
+
+@torch.no_grad()
+def time_bucket(gaps, num_buckets=128):
+    """Log-spaced bucket of a time gap in seconds: floor(ln(max(|gap|, 1)) / 0.301), in [0, num_buckets]."""
+    if not gaps.is_floating_point():
+        gaps = gaps.double()
+    buckets = torch.floor(torch.log(gaps.abs().clamp(min=1)) / 0.301)
+    return buckets.clamp(0, num_buckets).long()
+
+
+def next_step(seq_list, seq_len, target):
+    """``seq_list`` shifted left by one, with ``target`` at index seq_len - 1 and zeros after it."""
+    shifted = torch.cat([seq_list[:, 1:], torch.zeros_like(seq_list[:, :1])], dim=1)
+    shifted = shifted.scatter(1, (seq_len - 1).unsqueeze(1), target.to(seq_list.dtype).unsqueeze(1))
+    valid = torch.arange(seq_list.size(1), device=seq_list.device) < seq_len.unsqueeze(1)
+    return shifted * valid
+
+
+class RelativeBucketedTimeAndPositionBias(nn.Module):
+    """rab[i, j] = w_pos[j - i + N - 1] + w_time[bucket(t_{i+1} - t_j)], shared across heads.
+
+    t_{i+1} is the timestamp of the item position i predicts (the target's at the last position).
+    """
+
+    def __init__(self, max_len, num_buckets):
+        super().__init__()
+        self.max_len, self.num_buckets = max_len, num_buckets
+        self.pos_weights = nn.Parameter(torch.empty(2 * max_len - 1).normal_(std=0.02))
+        self.time_weights = nn.Parameter(torch.empty(num_buckets + 1).normal_(std=0.02))
+
+    def forward(self, time_seq, next_time_seq):
+        """time_seq, next_time_seq: [B, L] (L <= max_len) -> bias [B, L, L]."""
+        pos = torch.arange(time_seq.size(1), device=time_seq.device)
+        pos_bias = self.pos_weights[pos.unsqueeze(0) - pos.unsqueeze(1) + self.max_len - 1]
+        gaps = next_time_seq.unsqueeze(2) - time_seq.unsqueeze(1)
+        return pos_bias + self.time_weights[time_bucket(gaps, self.num_buckets)]
+
+
+class HSTUBlock(nn.Module):
+    """One HSTU layer (paper eq. 1-3), no softmax and no feed-forward block.
+
+    U, V, Q, K = Split(SiLU(W_uvqk LN(x)))                     (1) pointwise projection
+    A = SiLU(Q K^T + rab) / n * causal * key_valid             (2) spatial aggregation, n = max_len
+    y = x + W_o Dropout(U * LN(A V))                           (3) pointwise transformation
+    """
+
+    def __init__(self, d, n_heads, attention_dim, linear_dim, dropout, max_len, num_buckets):
+        super().__init__()
+        self.n_heads, self.attention_dim, self.linear_dim = n_heads, attention_dim, linear_dim
+        self.max_len = max_len
+        self.uvqk = nn.Linear(d, 2 * n_heads * (linear_dim + attention_dim), bias=False)
+        nn.init.normal_(self.uvqk.weight, std=0.02)
+        self.rel_bias = RelativeBucketedTimeAndPositionBias(max_len, num_buckets)
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(n_heads * linear_dim, d)
+        nn.init.xavier_uniform_(self.out.weight)
+
+    def forward(self, x, attn_mask, time_seq, next_time_seq):
+        """x: [B, L, d]; attn_mask: [B, 1, L, L] causal and key-padding mask (float) -> [B, L, d]."""
+        B, L, _ = x.shape
+        H, dv, dqk = self.n_heads, self.linear_dim, self.attention_dim
+        h = F.silu(self.uvqk(F.layer_norm(x, x.shape[-1:], eps=1e-6)))
+        u, v, q, k = torch.split(h, [H * dv, H * dv, H * dqk, H * dqk], dim=-1)
+        qk = torch.einsum("bihd,bjhd->bhij", q.view(B, L, H, dqk), k.view(B, L, H, dqk))
+        rab = self.rel_bias(time_seq, next_time_seq).unsqueeze(1)
+        attn = F.silu(qk + rab) / self.max_len * attn_mask
+        av = torch.einsum("bhij,bjhd->bihd", attn, v.view(B, L, H, dv)).reshape(B, L, H * dv)
+        return x + self.out(self.dropout(u * F.layer_norm(av, av.shape[-1:], eps=1e-6)))
+
+
+class HSTUEncoder(nn.Module):
+    """x_0 = Dropout(E[item] * sqrt(d) + P[pos]) (padding zeroed); n_layers HSTU blocks; L2-normalise."""
+
+    def __init__(self, n_items, max_len, d, n_layers, n_heads, attention_dim, linear_dim, dropout, num_buckets):
+        super().__init__()
+        self.item_embedding = nn.Embedding(n_items, d, padding_idx=0)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02, a=-0.04, b=0.04)  # cut at 2 std
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+        self.position_embedding = nn.Embedding(max_len, d)
+        nn.init.xavier_normal_(self.position_embedding.weight)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            HSTUBlock(d, n_heads, attention_dim, linear_dim, dropout, max_len, num_buckets)
+            for _ in range(n_layers)
+        )
+
+    def forward(self, item_seq, item_seq_len, time_seq, next_time_seq):
+        """item_seq: [B, L] left-aligned; -> L2-normalised outputs [B, L, d] (zero at padding)."""
+        L = item_seq.size(1)
+        pos = torch.arange(L, device=item_seq.device)
+        valid = (pos.unsqueeze(0) < item_seq_len.unsqueeze(1)).unsqueeze(-1)  # [B, L, 1]
+        x = self.item_embedding(item_seq) * math.sqrt(self.item_embedding.embedding_dim)
+        x = self.dropout(x + self.position_embedding(pos)) * valid
+        # causal (diagonal included) and key-padding mask, [B, 1, L(query), L(key)]; with left-aligned
+        # sequences the key mask only matters for padded query rows, which are zeroed at the end anyway
+        causal = torch.ones(L, L, dtype=torch.bool, device=item_seq.device).tril()
+        attn_mask = (causal & valid.transpose(1, 2)).unsqueeze(1).to(x.dtype)
+        for block in self.blocks:
+            x = block(x, attn_mask, time_seq, next_time_seq)
+        return F.normalize(x, dim=-1, eps=1e-6) * valid
+
+
+class HSTU(SequentialRecommender):
+    """HSTU trained with the all-position next-item loss: sampled softmax ('SSM') or exact softmax ('CE').
+
+    Logits are cosine(user output, item embedding) / temperature over items 1..n_items-1 (0 is padding).
+    """
+
+    all_position_training = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.TIME = config["TIME_FIELD"]
+        self.TIME_SEQ = f"{self.TIME}{config['LIST_SUFFIX']}"
+        if self.TIME is None or self.TIME_SEQ not in dataset.field2type:
+            raise AlignError(
+                f"HSTU needs a timestamp field (TIME_FIELD={self.TIME!r}) and its history "
+                f"'{self.TIME_SEQ}': load it with load_col, e.g. inter: [user_id, item_id, timestamp]."
+            )
+        self.RATING = config["RATING_FIELD"]
+        self.RATING_SEQ = f"{self.RATING}{config['LIST_SUFFIX']}"
+        self.temperature = config["temperature"]
+        self.num_negatives = config["num_negatives"]
+        self.loss_type = config["loss_type"]
+        if self.loss_type not in ("SSM", "CE"):
+            raise AlignError(f"HSTU loss_type must be 'SSM' or 'CE', got {self.loss_type!r}.")
+        self.encoder = HSTUEncoder(
+            n_items=self.n_items,
+            max_len=self.max_seq_length,
+            d=config["embedding_size"],
+            n_layers=config["n_layers"],
+            n_heads=config["n_heads"],
+            attention_dim=config["attention_dim"],
+            linear_dim=config["linear_dim"],
+            dropout=config["dropout_prob"],
+            num_buckets=config["num_buckets"],
+        )
+
+    @property
+    def item_embedding(self):
+        """The item table, shared by the encoder input and the output logits."""
+        return self.encoder.item_embedding
+
+    def forward(self, item_seq, item_seq_len, time_seq, next_time_seq):
+        """Normalised outputs [B, L, d] at every position (see HSTUEncoder.forward)."""
+        return self.encoder(item_seq, item_seq_len, time_seq, next_time_seq)
+
+    def _next_times(self, interaction):
+        seq_len = interaction[self.ITEM_SEQ_LEN]
+        return next_step(interaction[self.TIME_SEQ], seq_len, interaction[self.TIME])
+
+    def _outputs(self, interaction):
+        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        return self.forward(item_seq, seq_len, interaction[self.TIME_SEQ], self._next_times(interaction))
+
+    def item_vectors(self):
+        """L2-normalised item embeddings [n_items, d] (row 0 is padding)."""
+        return F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6)
+
+    def catalogue_logits(self, user_states):
+        """cosine(state, item) / temperature for every item: [..., d] -> [..., n_items]; column 0 is -inf."""
+        logits = user_states @ self.item_vectors().T / self.temperature
+        logits[..., 0] = float("-inf")
+        return logits
+
+    def position_losses(self, interaction):
+        """-log pi(a_t | s_t) at every position.
+
+        Returns (loss [B, L], zero at padding; mask [B, L]; next ratings [B, L] or None without ratings).
+        """
+        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        mask = torch.arange(item_seq.size(1), device=item_seq.device) < seq_len.unsqueeze(1)
+        states = self._outputs(interaction)[mask]  # [M, d]: valid positions only
+        targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
+        if self.loss_type == "CE":
+            valid_loss = F.cross_entropy(self.catalogue_logits(states), targets, reduction="none")
+        else:  # sampled softmax: num_negatives uniform draws from items 1..n_items-1 per position
+            items = self.item_vectors()
+            shape = (len(targets), self.num_negatives)
+            negatives = torch.randint(1, self.n_items, shape, device=targets.device)
+            pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
+            neg_logits = torch.bmm(items[negatives], states.unsqueeze(-1)).squeeze(-1) / self.temperature
+            neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
+            logits = torch.cat([pos_logits, neg_logits], dim=-1)
+            valid_loss = torch.logsumexp(logits, dim=-1) - logits[:, 0]
+        loss = valid_loss.new_zeros(mask.shape).masked_scatter(mask, valid_loss)
+        next_rating = None
+        if self.RATING_SEQ in interaction and self.RATING in interaction:
+            next_rating = next_step(interaction[self.RATING_SEQ], seq_len, interaction[self.RATING])
+        return loss, mask, next_rating
+
+    def calculate_loss(self, interaction):
+        """Mean next-item loss over every valid position of the batch (= sum(w l) / sum(w))."""
+        loss, mask, _ = self.position_losses(interaction)
+        return loss.sum() / mask.sum()
+
+    def user_state(self, interaction):
+        """Normalised output at position item_length - 1, conditioned on the target's timestamp: [B, d]."""
+        return self.gather_indexes(self._outputs(interaction), interaction[self.ITEM_SEQ_LEN] - 1)
+
+    def predict(self, interaction):
+        items = self.item_vectors()[interaction[self.ITEM_ID]]
+        return (self.user_state(interaction) * items).sum(-1) / self.temperature
+
+    def full_sort_predict(self, interaction):
+        return self.catalogue_logits(self.user_state(interaction))
