@@ -6,17 +6,36 @@ from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 
 
-def load_pretrained(model, checkpoint_path, config):
-    """Load the weights of ``checkpoint_path`` into ``model``, refusing a checkpoint of another
-    model class, dataset or item catalogue with a message that says which."""
+def read_pretrained(checkpoint_path):
+    """The checkpoint dict (config, state_dict, ...) at ``checkpoint_path``, or a clear error."""
     path = Path(checkpoint_path)
     if not path.is_file():
         raise AlignError(f"pretrained_checkpoint [{path}] does not exist.")
     try:
         checkpoint = load_checkpoint(path)
-        saved_config, state_dict = checkpoint["config"], checkpoint["state_dict"]
+        checkpoint["config"]["model"], checkpoint["state_dict"].items()
     except Exception as error:  # torch raises many types for a corrupt or foreign file
         raise AlignError(f"pretrained_checkpoint [{path}] is not a readable RecBole checkpoint ({error}).") from None
+    return checkpoint
+
+
+def adopt_architecture(config, checkpoint, model_class):
+    """Copy the checkpoint's values of ``model_class.architecture_keys`` into ``config``, so the model
+    built from it has the pretrained shape (e.g. a reward head); returns the keys that changed."""
+    changed = {}
+    for key in getattr(model_class, "architecture_keys", ()):
+        saved = checkpoint["config"][key]
+        if config[key] != saved:
+            changed[key] = (config[key], saved)
+            config[key] = saved
+    return changed
+
+
+def load_pretrained(model, checkpoint, config):
+    """Load the weights of ``checkpoint`` (from :func:`read_pretrained`) into ``model``, refusing a
+    checkpoint of another model class, dataset or item catalogue with a message that says which."""
+    path = config["pretrained_checkpoint"]
+    saved_config, state_dict = checkpoint["config"], checkpoint["state_dict"]
     from recbole_align.quick_start import resolve_model
 
     saved_class = resolve_model(saved_config["model"]).model_class

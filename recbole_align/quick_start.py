@@ -16,7 +16,7 @@ from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_s
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
-from recbole_align.pretrained import load_pretrained
+from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
 from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
 from recbole_align.trainer import with_align_evaluation
 
@@ -145,8 +145,13 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     logger.info(sys.argv)
     logger.info(config)
 
-    if spec.post_training and not config["pretrained_checkpoint"]:
-        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
+    pretrained = None
+    if spec.post_training:
+        if not config["pretrained_checkpoint"]:
+            config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
+        pretrained = read_pretrained(config["pretrained_checkpoint"])
+        for key, (ours, saved) in adopt_architecture(config, pretrained, spec.model_class).items():
+            logger.info(f"{key} = {saved!r} from the pretrained checkpoint (config said {ours!r})")
 
     data = load_dataset(config, spec.model_class)
     logger.info(data)
@@ -161,7 +166,7 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset)
     if spec.post_training:
-        load_pretrained(recommender, config["pretrained_checkpoint"], config)
+        load_pretrained(recommender, pretrained, config)
         logger.info(set_color("loaded pretrained weights", "blue") + f": {config['pretrained_checkpoint']}")
     recommender = recommender.to(config["device"])
     logger.info(recommender)

@@ -126,6 +126,11 @@ class HSTU(SequentialRecommender):
     """
 
     all_position_training = True
+    # config keys that fix the network's shape and policy; a post-training run takes them from its BC checkpoint
+    architecture_keys = (
+        "embedding_size", "n_layers", "n_heads", "attention_dim", "linear_dim", "num_buckets",
+        "MAX_ITEM_LIST_LENGTH", "temperature",
+    )
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
