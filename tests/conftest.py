@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny RecBole atomic datasets and a CLI runner that reads the results JSON."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import recbole
+
+REPO = Path(__file__).resolve().parent.parent
+ML100K_INTER = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+
+# Tiny HSTU and training settings, as command-line overrides.
+TINY = [
+    "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--embedding_size=8", "--attention_dim=8",
+    "--linear_dim=8", "--num_negatives=8", "--train_batch_size=64", "--show_progress=False",
+    "--state=ERROR",
+]
+
+
+def write_atomic(data_path, name, frame):
+    """Write ``frame`` (columns named like ``user_id:token``) as ``data_path/name/name.inter``."""
+    folder = Path(data_path) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / f"{name}.inter", sep="\t", index=False)
+    return Path(data_path)
+
+
+@pytest.fixture(scope="session")
+def ml100k_slice(tmp_path_factory):
+    """data_path holding ``ml-100k-slice``: the first 60 users of RecBole's bundled ml-100k."""
+    frame = pd.read_csv(ML100K_INTER, sep="\t")
+    users = sorted(frame["user_id:token"].unique())[:60]
+    return write_atomic(tmp_path_factory.mktemp("data"), "ml-100k-slice", frame[frame["user_id:token"].isin(users)])
+
+
+def run_cli(cwd, *args, script="run_recbole_align.py"):
+    """Run the CLI (or ``python -m <script>`` when it has no .py) in ``cwd``; returns the completed
+    process and the results JSON (``--results_file`` is set to ``cwd/results.json``; None if absent)."""
+    results_file = Path(cwd) / "results.json"
+    command = [sys.executable, str(REPO / script)] if script.endswith(".py") else [sys.executable, "-m", script]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    process = subprocess.run(
+        [*command, *args, f"--results_file={results_file}", f"--checkpoint_dir={Path(cwd) / 'saved'}"],
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
+    )
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    return process, results
