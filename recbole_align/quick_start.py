@@ -35,7 +35,7 @@ def resolve_model(name):
         return MODELS[name]
     try:
         model_class = get_model(name)
-    except ValueError:
+    except (ValueError, ImportError):  # an unknown name makes RecBole import its optional lightgbm/xgboost models
         raise AlignError(
             f"Unknown model [{name}]: not a recbole-align model ({', '.join(sorted(MODELS))}) "
             f"nor a RecBole model."
@@ -58,7 +58,10 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
         defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
         files = [str(f) for f in defaults if f is not None and f.exists()] + user_files
-        return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        try:
+            return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
+            raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
 
     if not spec.post_training:
         config = make(spec.model_class, [spec.config_file])

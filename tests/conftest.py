@@ -21,6 +21,17 @@ TINY = [
 ]
 
 
+def with_overrides(base, *overrides):
+    """``base`` args with ``--key=value`` overrides replacing its entries (RecBole rejects repeated keys)."""
+    keys = {arg.split("=", 1)[0] for arg in overrides}
+    return [arg for arg in base if arg.split("=", 1)[0] not in keys] + list(overrides)
+
+
+def tiny(*overrides):
+    """TINY with overrides."""
+    return with_overrides(TINY, *overrides)
+
+
 def write_atomic(data_path, name, frame):
     """Write ``frame`` (columns named like ``user_id:token``) as ``data_path/name/name.inter``."""
     folder = Path(data_path) / name

@@ -74,12 +74,14 @@ class AlignTrainerMixin:
             super().resume_checkpoint(resume_file)
 
     def best_epoch(self):
-        """Index of the epoch whose filtered valid score was best (None without validation)."""
-        scored = [e for e in self.epoch_log if "valid_filtered" in e]
-        if not scored:
-            return None
+        """The epoch of the saved (best) checkpoint: the last one with the best filtered valid score,
+        as RecBole's ``early_stopping`` keeps ties (None without validation)."""
         sign = 1 if self.valid_metric_bigger else -1
-        return max(scored, key=lambda e: sign * e["valid_filtered"][self.valid_metric])["epoch"]
+        best_epoch, best_score = None, -np.inf
+        for entry in self.epoch_log:
+            if "valid_filtered" in entry and sign * entry["valid_filtered"][self.valid_metric] >= best_score:
+                best_epoch, best_score = entry["epoch"], sign * entry["valid_filtered"][self.valid_metric]
+        return best_epoch
 
     def peak_memory_mb(self):
         """Peak memory of this process: GPU memory on CUDA, resident set size otherwise."""

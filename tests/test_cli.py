@@ -1,0 +1,90 @@
+"""End-to-end runs of run_recbole_align.py and its clear errors."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, run_cli, tiny, with_overrides, write_atomic
+
+METRICS = {"hit@10", "hit@50", "ndcg@10", "ndcg@50", "mrr"}
+
+
+def held_out_ratings(data_path, name):
+    """Each user's last rating in time order (file order breaks ties), from the raw atomic file."""
+    frame = pd.read_csv(Path(data_path) / name / f"{name}.inter", sep="\t")
+    frame = frame.sort_values(["user_id:token", "timestamp:float"], kind="stable")
+    return frame.groupby("user_id:token")["rating:float"].last()
+
+
+def check_results(results, model, data_path):
+    assert results["model"] == model and results["dataset"] == "ml-100k-slice" and results["seed"] == 2020
+    for split in ("valid", "test", "valid_filtered", "test_filtered"):
+        assert set(results[split]) == METRICS
+        assert all(0 <= value <= 1 for value in results[split].values())
+    last_ratings = held_out_ratings(data_path, "ml-100k-slice")
+    assert results["n_test"] == len(last_ratings) == 60
+    assert results["n_test_filtered"] == int((last_ratings >= 4.5).sum()) > 0
+    assert Path(results["checkpoint"]).is_file()
+    assert results["epochs_run"] == len(results["epoch_log"]) >= 1
+    assert results["train_seconds"] > 0
+
+
+def test_hstu_end_to_end(tmp_path, ml100k_slice):
+    process, results = run_cli(
+        tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny("--epochs=2")
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    check_results(results, "HSTU", ml100k_slice)
+    assert results["epochs_run"] == 2
+    assert results["best_epoch"] in (0, 1)
+    best = results["epoch_log"][results["best_epoch"]]["valid_filtered"]
+    assert best == results["valid_filtered"]  # the best checkpoint was the one evaluated
+
+
+def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice):
+    process, results = run_cli(
+        tmp_path, "--model=SASRec", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=8", "--inner_size=8", "--n_layers=1",
+        "--train_batch_size=256", "--show_progress=False", "--state=ERROR",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    check_results(results, "SASRec", ml100k_slice)
+
+
+def without_column(data_path, column, name):
+    frame = pd.read_csv(Path(data_path) / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
+    return write_atomic(data_path, name, frame.drop(columns=[column]))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model=NoSuchModel"], "Unknown model [NoSuchModel]"),
+        (["--eval_rating_threshold=10"], "filtered valid set is empty"),
+        (["--dataset=missing"], "Dataset [missing] not found"),
+        (["--model=BPR"], "evaluates sequential recommenders"),
+        (["--config_files=nowhere.yaml"], "Config file [nowhere.yaml] does not exist"),
+        (["--epochs=3", "--epochs=4"], "Bad configuration: There are duplicate"),
+    ],
+)
+def test_clear_errors(tmp_path, ml100k_slice, args, message):
+    base = ["--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TINY]
+    process, results = run_cli(tmp_path, *with_overrides(base, *args))
+    assert process.returncode == 2
+    assert message in process.stderr and "Traceback" not in process.stderr
+    assert process.stderr.strip().count("\n") == 0  # one line
+    assert results is None
+
+
+@pytest.mark.parametrize(
+    "column, message",
+    [("rating:float", "needs a rating field"), ("timestamp:float", "needs a timestamp")],
+)
+def test_missing_fields(tmp_path, ml100k_slice, column, message):
+    name = f"no-{column.split(':')[0]}"
+    data_path = without_column(ml100k_slice, column, name)
+    process, results = run_cli(tmp_path, "--model=HSTU", f"--dataset={name}", f"--data_path={data_path}", *TINY)
+    assert process.returncode == 2
+    assert message in process.stderr and "Traceback" not in process.stderr
+    assert results is None

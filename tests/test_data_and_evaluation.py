@@ -1,0 +1,141 @@
+"""The dataset (exact time order, one training sequence per user) and the rating-filtered evaluator."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.data.dataset import SequentialDataset
+from recbole.evaluator.collector import DataStruct
+
+from conftest import write_atomic
+from recbole_align.data import AlignSequentialDataset
+from recbole_align.errors import AlignError
+from recbole_align.evaluator import FullMRR, rating_filtered_loader
+from recbole_align.quick_start import build_config, load_dataset
+from recbole_align.registry import MODELS
+
+
+def generated_frame(n_users=12, seed=0):
+    """Users with 6..14 interactions, one per day; the last rating of user u is 5 if u is even, else 3."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(1, n_users + 1):
+        length = int(rng.integers(6, 15))
+        items = rng.choice(np.arange(1, 41), size=length, replace=False)
+        for step, item in enumerate(items):
+            rating = (5 if user % 2 == 0 else 3) if step == length - 1 else int(rng.integers(1, 6))
+            rows.append((user, int(item), rating, 1_000_000_000 + 86_400 * step + user))
+    return pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "timestamp:float"])
+
+
+def config_for(model, dataset, data_path, **overrides):
+    config, spec = build_config(
+        model, dataset, config_dict={"data_path": str(data_path), "MAX_ITEM_LIST_LENGTH": 5, "state": "ERROR", **overrides}
+    )
+    return config, spec
+
+
+def by_user(part):
+    """A split's columns ordered by (user, history length), floats as float64."""
+    inter = part.inter_feat
+    order = torch.argsort(inter["user_id"] * 10**6 + inter["item_length"], stable=True)
+    return {k: v[order].double() if v.is_floating_point() else v[order] for k, v in inter.interaction.items()}
+
+
+def test_samples_equal_recbole_augmentation_on_a_time_sorted_file(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, _ = config_for("SASRec", "gen", data_path)
+    stock = SequentialDataset(config).build()
+    ours = AlignSequentialDataset(config, all_position_training=False).build()
+    for stock_part, our_part in zip(stock, ours):
+        expected, actual = by_user(stock_part), by_user(our_part)
+        assert expected.keys() == actual.keys()
+        for key in expected:
+            if key.startswith("timestamp"):  # RecBole keeps float32 (64 s steps); ours are exact
+                assert actual[key].dtype == torch.float64
+                actual[key] = actual[key].float().double()
+            assert torch.equal(expected[key], actual[key]), key
+
+
+def test_all_position_mode_keeps_valid_and_test_and_the_longest_train_prefix(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, _ = config_for("HSTU", "gen", data_path)
+    prefixes = AlignSequentialDataset(config, all_position_training=False).build()
+    per_user = AlignSequentialDataset(config, all_position_training=True).build()
+    for prefix_part, user_part in zip(prefixes[1:], per_user[1:]):
+        expected, actual = by_user(prefix_part), by_user(user_part)
+        assert all(torch.equal(expected[k], actual[k]) for k in expected)
+    train_prefixes, train_users = by_user(prefixes[0]), by_user(per_user[0])
+    users = train_prefixes["user_id"]
+    is_longest = torch.ones_like(users, dtype=torch.bool)
+    is_longest[:-1] = users[1:] != users[:-1]
+    assert len(train_users["user_id"]) == 12 == int(is_longest.sum())
+    assert all(torch.equal(train_prefixes[k][is_longest], train_users[k]) for k in train_users)
+
+
+def test_time_order_is_exact_within_float32_resolution(tmp_path):
+    # Two ratings 10 s apart round to the same float32 timestamp; the file lists the later one first.
+    rows = [(1, item, 4.0, 1_300_000_000 + t) for item, t in [(1, 0), (2, 100), (4, 310), (3, 300), (5, 400)]]
+    rows += [(2, item, 4.0, 1_300_000_000 + 10 * item) for item in range(1, 6)]
+    frame = pd.DataFrame(rows, columns=["user_id:token", "item_id:token", "rating:float", "timestamp:float"])
+    assert np.float32(1_300_000_310) == np.float32(1_300_000_300)
+    data_path = write_atomic(tmp_path, "ties", frame)
+    config, _ = config_for("HSTU", "ties", data_path)
+    _, _, test = AlignSequentialDataset(config, all_position_training=True).build()
+    user1 = test.inter_feat[test.inter_feat["user_id"] == test.field2token_id["user_id"]["1"]]
+    tokens = test.field2id_token["item_id"]
+    history = [tokens[i] for i in user1["item_id_list"][0][: user1["item_length"][0]].tolist()]
+    assert history == ["1", "2", "3", "4"] and tokens[user1["item_id"][0]] == "5"
+    assert user1["timestamp_list"].dtype == torch.float64
+
+
+def test_rating_filter_keeps_exactly_the_cases_at_or_above_threshold(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, spec = config_for("HSTU", "gen", data_path, eval_rating_threshold=4.5)
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    filtered = rating_filtered_loader(config, test, "test")
+    users = sorted(int(test._dataset.field2id_token["user_id"][u]) for u in filtered._dataset.inter_feat["user_id"])
+    assert users == [2, 4, 6, 8, 10, 12]
+    assert (filtered._dataset.inter_feat["rating"] == 5).all()
+    config["eval_rating_threshold"] = None
+    assert rating_filtered_loader(config, test, "test") is test
+
+
+def test_rating_filter_errors(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, spec = config_for("HSTU", "gen", data_path, eval_rating_threshold=6)
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    with pytest.raises(AlignError, match="filtered test set is empty"):
+        rating_filtered_loader(config, test, "test")
+    no_rating = generated_frame().drop(columns=["rating:float"])
+    data_path = write_atomic(tmp_path, "norating", no_rating)
+    config, spec = config_for("HSTU", "norating", data_path)
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    with pytest.raises(AlignError, match="needs a rating field"):
+        rating_filtered_loader(config, test, "test")
+
+
+def test_full_mrr_is_the_mean_reciprocal_full_rank():
+    config = {"metric_decimal_place": 6}
+    struct = DataStruct()
+    # columns: sum of the positives' average ranks, candidate count, number of positives
+    struct.set("rec.meanrank", torch.tensor([[1.0, 100, 1], [4.0, 100, 1], [250.0, 100, 1], [2.5, 100, 1]]))
+    expected = (1 + 1 / 4 + 1 / 250 + 1 / 2.5) / 4
+    assert FullMRR(config).calculate_metric(struct)["mrr"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_evaluation_excludes_history_items(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    model = spec.model_class(config, test._dataset)
+    trainer = MODELS["HSTU"].trainer_class(config, model)
+    trainer.tot_item_num = test._dataset.item_num
+    batch = next(iter(test))
+    interaction, scores, _, positive_i = trainer._full_sort_batch_eval(batch)
+    history = interaction["item_id_list"]
+    assert torch.isinf(scores.gather(1, history)).all()
+    assert torch.isfinite(scores.gather(1, positive_i.unsqueeze(1))).all()
+    n_history = (history > 0).sum(1)
+    assert (torch.isinf(scores).sum(1) == n_history + 1).all()  # + the padding column
