@@ -88,3 +88,17 @@ def test_missing_fields(tmp_path, ml100k_slice, column, message):
     assert process.returncode == 2
     assert message in process.stderr and "Traceback" not in process.stderr
     assert results is None
+
+
+def test_same_seed_same_metrics(tmp_path, ml100k_slice):
+    runs = []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        process, results = run_cli(
+            tmp_path / name, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny("--epochs=2")
+        )
+        assert process.returncode == 0, process.stderr[-2000:]
+        runs.append(results)
+    for split in ("valid", "test", "valid_filtered", "test_filtered"):
+        assert runs[0][split] == runs[1][split]
+    assert [e["train_loss"] for e in runs[0]["epoch_log"]] == [e["train_loss"] for e in runs[1]["epoch_log"]]
