@@ -66,7 +66,9 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     if not spec.post_training:
         config = make(spec.model_class, [spec.config_file])
     else:
-        backbone_name = make(spec.model_class, [spec.config_file])["backbone"]  # probe: which backbone
+        # probe: which backbone (the registered class's own yaml first, for keys Config needs, e.g. loss_type)
+        own_file = resolve_model(spec.model_class.__name__).config_file
+        backbone_name = make(spec.model_class, [own_file, spec.config_file])["backbone"]
         backbone = resolve_model(backbone_name)
         if backbone.post_training:
             raise AlignError(f"backbone [{backbone_name}] is itself a post-training method; name a backbone model.")
@@ -94,7 +96,13 @@ def load_dataset(config, model_class):
             f"Dataset [{config['dataset']}] not found: no file [{inter_file}] (set --data_path to the "
             f"folder that holds {config['dataset']}/{config['dataset']}.inter)."
         )
-    dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))
+    try:
+        dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))
+    except ValueError as error:  # e.g. pandas cannot read a :float column such as the rating
+        raise AlignError(
+            f"Dataset [{config['dataset']}] could not be loaded from [{inter_file}]: {error} "
+            f"(a :float column must hold numbers only)."
+        ) from None
     if dataset.time_field not in dataset.field2type:
         raise AlignError(
             f"[{config['model']}] needs a timestamp: dataset [{config['dataset']}] has no "

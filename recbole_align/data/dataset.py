@@ -27,6 +27,14 @@ class AlignSequentialDataset(SequentialDataset):
         self.all_position_training = all_position_training
         super().__init__(config)
 
+    def _fill_nan(self):
+        """Count the interactions without a rating (``missing_ratings``) before RecBole fills them with
+        the mean rating; reward-weighted post-training refuses such data."""
+        rating = self.config["RATING_FIELD"]
+        has_rating = self.inter_feat is not None and rating in self.inter_feat
+        self.missing_ratings = int(self.inter_feat[rating].isna().sum()) if has_rating else 0
+        super()._fill_nan()
+
     def _change_feat_format(self):
         if self.config["benchmark_filename"] is not None:
             return super()._change_feat_format()

@@ -1,0 +1,305 @@
+"""Reward-weighted post-training: Exp-RSFT, RSFT and DRPO as one trainer.
+
+Every method minimises a weighted all-position next-item loss over the (history, next item,
+rating) positions of a batch, starting from a BC checkpoint:
+
+    L = (1/N) sum_i w_i * (-log pi(a_i | s_i))        weight_normalization: mean (Exp-RSFT Alg. 1)
+    L = sum_i w_i * (-log pi(a_i | s_i)) / sum_i w_i  weight_normalization: sum  (Meta's supervision_weights)
+
+over the N valid positions i. The methods differ only in w = WEIGHTS[reward_weighting](r, settings):
+small pure functions of the positions' ratings r, testable with hand-made tensors. The loop,
+checkpointing, early stopping and evaluation are RecBole's (via :class:`AlignTrainer`).
+"""
+
+import math
+from numbers import Real
+
+import torch
+from recbole.utils import FeatureType, set_color
+
+from recbole_align.errors import AlignError
+from recbole_align.trainer.align_trainer import AlignTrainer
+
+DRPO_VARIANTS = ("adaptive", "fixed", "exp")
+STAT_KEYS = ("mean_weight", "ess_share", "drpo_keep_fraction")  # per-epoch statistics, in log order
+# config keys the weight functions read; reward_max/reward_min default to the training data's range
+SETTING_KEYS = (
+    "reward_lambda", "reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
+    "drpo_threshold", "drpo_tie_margin", "drpo_beta",
+)
+
+
+def exp_weights(rewards, settings):
+    """Exp-RSFT (Chidambaram et al. 2026, eq. 11 / Algorithm 1): w = exp((r - r_max) / λ).
+
+    The shift by the FIXED r_max (the training data's maximum rating, or ``reward_max``) keeps every
+    weight in (0, 1], so nothing overflows for λ down to 0.01 with ratings up to 5 (exp(5/0.01) is
+    inf in float32). It multiplies the paper's unnormalised weights exp(r/λ) by the constant
+    exp(-r_max/λ), the same in every batch and epoch: under ``mean`` the loss is the paper's
+    Algorithm 1 loss times that constant, so the gradient direction is the paper's and Adam's update
+    is unchanged (Adam is invariant to a constant loss scale, up to its eps). A per-batch shift (the
+    batch's own max) would rescale each batch differently and change the objective under ``mean``;
+    under ``sum`` any shift cancels. Ratings far below r_max underflow to weight 0 at small λ, which
+    is their weight relative to r_max to float precision.
+    """
+    return torch.exp((rewards - settings["reward_max"]) / settings["reward_lambda"])
+
+
+def linear_weights(rewards, settings):
+    """RSFT (Mukherjee et al., the Exp-RSFT paper's Reward-SFT baseline): w = r, the raw rating, or with
+    ``rescale_rewards`` w = (r - r_min) / (r_max - r_min) in [0, 1]."""
+    return rescaled(rewards, settings) if settings["rescale_rewards"] else rewards
+
+
+def rescaled(rewards, settings):
+    """(r - r_min) / (r_max - r_min): ratings mapped onto [0, 1] by the training data's range."""
+    return (rewards - settings["reward_min"]) / (settings["reward_max"] - settings["reward_min"])
+
+
+def top_fraction(rewards, fraction):
+    """Mask of the top max(1, floor(N * fraction)) of N rewards, across users; equal rewards at the
+    cut are kept in random order (so integer-rating ties do not favour early positions)."""
+    n_keep = max(1, math.floor(len(rewards) * fraction))
+    shuffle = torch.randperm(len(rewards), device=rewards.device)
+    order = shuffle[torch.sort(rewards[shuffle], descending=True, stable=True).indices]
+    keep = torch.zeros_like(rewards, dtype=torch.bool)
+    keep[order[:n_keep]] = True
+    return keep
+
+
+def drpo_weights(rewards, settings):
+    """DRPO (Jiang et al. 2026, Appendix G, Algorithm 1): hard filtering of the batch by reward.
+
+    Kept set K: the top P = ``drpo_keep_fraction`` of the positions (``adaptive`` and ``exp``; P is set
+    per batch by :class:`KeepFractionController`) or r >= ``drpo_threshold`` (``fixed``). On K:
+
+    * adaptive / fixed: A = r - ν, Ã = A / (std(A) + δ) with ν = min_K(r) - δ, δ = ``drpo_tie_margin``.
+      The paper has ν = min_K(r) and a tiny ε; with integer ratings an all-equal kept set (all 5
+      stars) then gets A = 0 and no gradient. With the margin (ours) it gets Ã = 1 on every kept
+      position, i.e. indicator weights (the paper's Adaptive-BC), and threshold ties keep a small weight.
+    * exp (DRPO-Exp): Ã = exp((r~ - mean_K(r~)) / β), β = ``drpo_beta``, r~ = ratings rescaled to [0, 1]
+      (β = 0.05 is set for rewards in [0, 1]).
+
+    w = Ã * N / |K| on K and 0 elsewhere, so that the ``mean`` normalisation gives the paper's loss,
+    the mean of Ã * (-log pi) over the kept positions.
+    """
+    variant = settings["drpo_variant"]
+    if variant == "fixed":
+        keep = rewards >= settings["drpo_threshold"]
+    else:
+        keep = top_fraction(rewards, settings["drpo_keep_fraction"])
+    weights = torch.zeros_like(rewards)
+    if not keep.any():
+        return weights
+    kept = rewards[keep]
+    if variant == "exp":
+        kept = rescaled(kept, settings)
+        advantages = torch.exp((kept - kept.mean()) / settings["drpo_beta"])
+    else:
+        margin = settings["drpo_tie_margin"]
+        advantages = kept - (kept.min() - margin)
+        advantages = advantages / (advantages.std(correction=0) + margin)
+    weights[keep] = advantages * len(rewards) / len(kept)
+    return weights
+
+
+WEIGHTS = {"exp": exp_weights, "linear": linear_weights, "drpo": drpo_weights}
+
+
+def mean_normalized(losses, weights):
+    """(1/N) sum w * loss over the N valid positions (Exp-RSFT Algorithm 1)."""
+    return (weights * losses).sum() / len(losses)
+
+
+def sum_normalized(losses, weights):
+    """sum w * loss / sum w (self-normalised: any constant factor of w cancels); 0 if every w is 0."""
+    return (weights * losses).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+
+
+NORMALIZATIONS = {"mean": mean_normalized, "sum": sum_normalized}
+
+
+def reward_weighted_loss(model, interaction, weighting, settings, normalization):
+    """The batch loss of the reward-weighted trainer: (loss, rewards [N], weights [N]) over the N valid
+    positions, from ``model.position_losses`` (-log pi per position and the next item's rating)."""
+    losses, mask, ratings = model.position_losses(interaction)
+    rewards = ratings[mask]
+    weights = WEIGHTS[weighting](rewards, settings)
+    return NORMALIZATIONS[normalization](losses[mask], weights), rewards, weights
+
+
+class KeepFractionController:
+    """DRPO's adaptive kept fraction P (DRPO Appendix G): after each batch,
+    P <- min(high, grow * P) if std(r_kept) < std_ratio * std(r_batch), else max(low, shrink * P)."""
+
+    def __init__(self, p0=0.5, low=0.05, high=1.0, grow=1.02, shrink=0.98, std_ratio=0.5):
+        self.p, self.low, self.high = p0, low, high
+        self.grow, self.shrink, self.std_ratio = grow, shrink, std_ratio
+
+    def update(self, rewards, keep):
+        """Step P from this batch's rewards and kept mask; returns the new P."""
+        narrow = rewards[keep].std(correction=0) < self.std_ratio * rewards.std(correction=0)
+        self.p = min(self.high, self.grow * self.p) if narrow else max(self.low, self.shrink * self.p)
+        return self.p
+
+
+def _require(ok, message):
+    if not ok:
+        raise AlignError(message)
+
+
+def _positive(config, key):
+    value = config[key]
+    is_number = isinstance(value, Real) and not isinstance(value, bool)
+    _require(is_number and value > 0, f"{key} must be a number > 0, got {value!r}.")
+
+
+def check_config(config):
+    """Raise AlignError, in one line, for a reward-weighting config that cannot run."""
+    weighting = config["reward_weighting"]
+    _require(weighting in WEIGHTS, f"reward_weighting must be one of {sorted(WEIGHTS)}, got {weighting!r}.")
+    normalization = config["weight_normalization"]
+    _require(
+        normalization in NORMALIZATIONS,
+        f"weight_normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}.",
+    )
+    if weighting == "exp":
+        _positive(config, "reward_lambda")
+    if weighting == "drpo":
+        variant = config["drpo_variant"]
+        _require(variant in DRPO_VARIANTS, f"drpo_variant must be one of {list(DRPO_VARIANTS)}, got {variant!r}.")
+        _positive(config, "drpo_tie_margin")
+        p0 = config["drpo_keep_fraction"]
+        _require(
+            isinstance(p0, Real) and 0 < p0 <= 1, f"drpo_keep_fraction must be in (0, 1], got {p0!r}."
+        )
+        if variant == "fixed":
+            threshold = config["drpo_threshold"]
+            _require(
+                isinstance(threshold, Real), f"drpo_variant=fixed needs a numeric drpo_threshold, got {threshold!r}."
+            )
+        if variant == "exp":
+            _positive(config, "drpo_beta")
+
+
+def training_ratings(dataset, config):
+    """Every rating of the training sequences (targets and histories), checked to be usable rewards."""
+    field = config["RATING_FIELD"]
+    _require(
+        field is not None and field in dataset.inter_feat,
+        f"[{config['model']}] weights positions by rating, but dataset [{config['dataset']}] has no rating "
+        f"field [{field}] loaded (check RATING_FIELD, load_col and the .inter header).",
+    )
+    _require(
+        dataset.field2type[field] == FeatureType.FLOAT,
+        f"rating field [{field}] of [{config['dataset']}] is {dataset.field2type[field].value}, not numeric: "
+        f"declare it as {field}:float in the .inter header.",
+    )
+    inter = dataset.inter_feat
+    history = inter[f"{field}{config['LIST_SUFFIX']}"]
+    lengths = inter[config["ITEM_LIST_LENGTH_FIELD"]]
+    valid = torch.arange(history.size(1)) < lengths.unsqueeze(1)
+    ratings = torch.cat([inter[field], history[valid]]).double()
+    missing = getattr(dataset, "missing_ratings", 0) + int(torch.isnan(ratings).sum())
+    _require(
+        missing == 0,
+        f"[{config['dataset']}] has {missing} interactions without a numeric {field} (empty or NaN); "
+        f"[{config['model']}] needs a rating on every interaction.",
+    )
+    return ratings
+
+
+def resolve_settings(config, ratings):
+    """The weight functions' settings: config values, with reward_max/reward_min from the data when
+    unset; raise AlignError for settings the ratings make meaningless."""
+    settings = {key: config[key] for key in SETTING_KEYS}
+    r_min, r_max = ratings.min().item(), ratings.max().item()
+    settings["reward_max"] = r_max if settings["reward_max"] is None else settings["reward_max"]
+    settings["reward_min"] = r_min if settings["reward_min"] is None else settings["reward_min"]
+    weighting, variant = config["reward_weighting"], settings["drpo_variant"]
+    if weighting == "exp":
+        _require(
+            settings["reward_max"] >= r_max,
+            f"reward_max={settings['reward_max']:g} is below the highest training rating ({r_max:g}): "
+            f"exp((r - reward_max)/λ) could overflow; leave reward_max: ~ to use the data's maximum.",
+        )
+    if (weighting == "linear" and settings["rescale_rewards"]) or (weighting == "drpo" and variant == "exp"):
+        _require(
+            settings["reward_max"] > settings["reward_min"],
+            f"cannot rescale ratings to [0, 1]: reward_min = reward_max = {settings['reward_max']:g}.",
+        )
+    if weighting == "linear" and not settings["rescale_rewards"]:
+        _require(r_min >= 0, f"RSFT weights w = r need ratings >= 0 (min {r_min:g}); set rescale_rewards: True.")
+    if weighting == "drpo" and variant == "fixed":
+        _require(
+            settings["drpo_threshold"] <= r_max,
+            f"drpo_threshold={settings['drpo_threshold']:g} is above every training rating (max {r_max:g}): "
+            f"DRPO would keep nothing.",
+        )
+    return settings
+
+
+class RewardWeightedTrainer(AlignTrainer):
+    """Post-trains a model with ``position_losses`` by the reward-weighted loss of this module.
+
+    Config keys (defaults in properties/model/{ExpRSFT,RSFT,DRPO}.yaml): ``reward_weighting``
+    (exp | linear | drpo), ``weight_normalization`` (mean | sum) and the keys of the weight functions.
+    Each epoch adds to ``epoch_log`` and to the training log line: ``mean_weight`` (mean w over the
+    epoch's positions), ``ess_share`` (effective sample size (sum w)^2 / sum w^2 as a share of the
+    positions) and, for DRPO, ``drpo_keep_fraction`` (share of positions kept).
+    """
+
+    def __init__(self, config, model):
+        check_config(config)
+        super().__init__(config, model)
+        self.weighting = config["reward_weighting"]
+        self.normalization = config["weight_normalization"]
+        self.settings = None  # resolved from the training data in fit()
+        adaptive = self.weighting == "drpo" and config["drpo_variant"] != "fixed"
+        self.controller = KeepFractionController(config["drpo_keep_fraction"]) if adaptive else None
+        self._totals = None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        ratings = training_ratings(train_data._dataset, self.config)
+        self.settings = resolve_settings(self.config, ratings)
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self._totals = torch.zeros(4, dtype=torch.float64, device=self.device)
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func or self.weighted_loss, show_progress)
+        self.epoch_log[-1].update(self.epoch_stats())
+        return losses
+
+    def weighted_loss(self, interaction):
+        """The loss function handed to RecBole's training loop; also gathers the epoch's statistics."""
+        loss, rewards, weights = reward_weighted_loss(
+            self.model, interaction, self.weighting, self.settings, self.normalization
+        )
+        with torch.no_grad():
+            w = weights.double()
+            self._totals += torch.stack([w.sum(), (w * w).sum(), w.new_tensor(len(w)), (w > 0).sum()])
+        if self.controller is not None:
+            self.settings["drpo_keep_fraction"] = self.controller.update(rewards, weights > 0)
+        return loss
+
+    def epoch_stats(self):
+        """mean_weight, ess_share and (DRPO) drpo_keep_fraction of the positions trained this epoch."""
+        w_sum, w_sq, n, kept = self._totals.tolist()
+        stats = {"mean_weight": w_sum / n, "ess_share": w_sum**2 / w_sq / n if w_sq > 0 else 0.0}
+        if self.weighting == "drpo":
+            stats["drpo_keep_fraction"] = kept / n
+        return stats
+
+    def _last_stats(self):
+        return {key: self.epoch_log[-1][key] for key in STAT_KEYS if key in self.epoch_log[-1]}
+
+    def _generate_train_loss_output(self, epoch_idx, s_time, e_time, losses):
+        """RecBole's line "epoch N training [time: .., train loss: ..]" with this epoch's statistics."""
+        line = super()._generate_train_loss_output(epoch_idx, s_time, e_time, losses)
+        stats = ", ".join(f"{set_color(key, 'blue')}: {value:.4f}" for key, value in self._last_stats().items())
+        return f"{line[:-1]}, {stats}]"
+
+    def _add_train_loss_to_tensorboard(self, epoch_idx, losses, tag="Loss/Train"):
+        super()._add_train_loss_to_tensorboard(epoch_idx, losses, tag)
+        for key, value in self._last_stats().items():
+            self.tensorboard.add_scalar(f"Train/{key}", value, epoch_idx)

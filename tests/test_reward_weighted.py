@@ -1,0 +1,313 @@
+"""Reward-weighted post-training (Exp-RSFT, RSFT, DRPO): weight functions on hand-made tensors, the
+DRPO controller, gradients, config and data errors, end-to-end CLI runs and the λ sweep."""
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import TINY, run_cli, tiny, write_atomic
+from recbole_align.errors import AlignError
+from recbole_align.trainer.reward_weighted import (
+    KeepFractionController,
+    check_config,
+    drpo_weights,
+    exp_weights,
+    linear_weights,
+    mean_normalized,
+    resolve_settings,
+    reward_weighted_loss,
+    sum_normalized,
+    top_fraction,
+)
+from test_hstu import make_batch, make_model
+
+R = torch.tensor
+
+
+def drpo(variant="adaptive", keep=0.5, margin=0.1, **extra):
+    return {"drpo_variant": variant, "drpo_keep_fraction": keep, "drpo_tie_margin": margin, **extra}
+
+
+# ---- weight functions against hand-computed values --------------------------------------------
+
+
+def test_exp_weights_are_shifted_exp_r_over_lambda():
+    w = exp_weights(R([1.0, 3.0, 5.0]), {"reward_lambda": 0.5, "reward_max": 5.0})
+    assert torch.allclose(w, R([math.exp(-8), math.exp(-4), 1.0]))
+    # the fixed shift is one constant factor: ratios are the paper's exp(r/λ) ratios
+    assert torch.allclose(w / w[2], torch.exp(R([1.0, 3.0, 5.0]) / 0.5) / math.exp(10))
+    # the same constant in a batch without a 5 (a per-batch max shift would rescale this batch)
+    w = exp_weights(R([3.0, 4.0]), {"reward_lambda": 0.5, "reward_max": 5.0})
+    assert torch.allclose(w, R([math.exp(-4), math.exp(-2)]))
+
+
+def test_exp_weights_do_not_overflow_at_lambda_001():
+    ratings = R([1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
+    assert torch.isinf(torch.exp(ratings / 0.01)).any()  # the unshifted weights overflow float32
+    w = exp_weights(ratings, {"reward_lambda": 0.01, "reward_max": 5.0})
+    assert torch.isfinite(w).all() and w.max() == 1.0 and w.min() >= 0
+    assert w.tolist()[-2:] == [1.0, 1.0] and 0 < w[3] < 1e-40  # exp(-100): a float32 denormal
+    losses = R([2.0, 3.0, 1.0, 4.0, 2.5, 0.5])
+    for reduce in (mean_normalized, sum_normalized):
+        assert torch.isfinite(reduce(losses, w))
+    assert sum_normalized(losses, w) == pytest.approx(1.5)  # the two 5-star positions, equally weighted
+
+
+def test_linear_weights_raw_and_rescaled():
+    ratings = R([1.0, 4.0, 5.0])
+    assert linear_weights(ratings, {"rescale_rewards": False}).tolist() == [1.0, 4.0, 5.0]
+    rescaled = linear_weights(ratings, {"rescale_rewards": True, "reward_min": 1.0, "reward_max": 5.0})
+    assert rescaled.tolist() == [0.0, 0.75, 1.0]
+
+
+def test_normalizations():
+    losses, w = R([1.0, 2.0, 3.0]), R([1.0, 0.0, 3.0])
+    assert mean_normalized(losses, w) == pytest.approx(10 / 3)  # (1/N) sum w l
+    assert sum_normalized(losses, w) == pytest.approx(2.5)  # sum w l / sum w
+    assert sum_normalized(losses, 7 * w) == pytest.approx(2.5)
+    assert mean_normalized(losses, 7 * w) == pytest.approx(70 / 3)
+
+
+def test_drpo_adaptive_weights():
+    rewards = R([5.0, 4.0, 3.0, 2.0, 1.0, 5.0, 4.0, 3.0])
+    w = drpo_weights(rewards, drpo())  # top 4 of 8: the 5s and 4s; ν = 4 - 0.1
+    advantages = R([1.1, 0.1, 1.1, 0.1])  # A = r - ν; std(A) = 0.5
+    expected = torch.zeros(8)
+    expected[[0, 1, 5, 6]] = advantages / (0.5 + 0.1) * 8 / 4
+    assert torch.allclose(w, expected)
+    assert mean_normalized(torch.ones(8), w) == pytest.approx((advantages / 0.6).mean().item())  # paper: mean over K
+
+
+def test_drpo_all_equal_kept_set_still_gets_gradient():
+    rewards = R([5.0, 3.0, 5.0, 2.0, 5.0, 1.0, 5.0, 3.0])
+    kept = rewards[rewards == 5.0]
+    assert (kept - kept.min()).abs().sum() == 0  # the paper's A = r - min(kept): no gradient at all
+    w = drpo_weights(rewards, drpo())
+    assert torch.allclose(w, R([2.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0, 0.0]))  # indicators (Adaptive-BC) * N/|K|
+    logits = torch.zeros(8, requires_grad=True)
+    mean_normalized(-torch.log_softmax(logits, 0), w).backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_top_fraction_breaks_ties_at_the_cut_at_random():
+    rewards = R([4.0, 4.0, 5.0, 4.0])
+    chosen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        keep = top_fraction(rewards, 0.5)
+        assert keep.sum() == 2 and keep[2]
+        chosen.add(tuple(keep.nonzero().flatten().tolist()))
+    assert len(chosen) == 3  # each tied 4 is kept in some batches
+    assert top_fraction(rewards, 0.01).sum() == 1  # at least one position
+
+
+def test_drpo_fixed_and_exp_variants():
+    rewards = R([5.0, 4.0, 2.0, 1.0])
+    w = drpo_weights(rewards, drpo("fixed", drpo_threshold=4))  # K = {5, 4}; ν = 3.9, A = (1.1, 0.1), std 0.5
+    assert torch.allclose(w, R([1.1 / 0.6 * 2, 0.1 / 0.6 * 2, 0.0, 0.0]))
+    w = drpo_weights(rewards, drpo("exp", drpo_beta=0.05, reward_min=1.0, reward_max=5.0))
+    # K = {5, 4} -> r~ = (1, 0.75), mean 0.875
+    assert torch.allclose(w, R([math.exp(2.5) * 2, math.exp(-2.5) * 2, 0.0, 0.0]))
+
+
+def test_drpo_controller_on_a_scripted_batch_stream():
+    narrow = (R([5.0, 5.0, 1.0, 1.0]), R([True, True, False, False]))  # std(kept) 0 < 0.5 * std 2
+    wide = (R([5.0, 1.0, 3.0, 3.0]), R([True, True, False, False]))  # std(kept) 2 >= 0.5 * 1.41
+    controller = KeepFractionController()
+    sequence = [controller.update(*batch) for batch in (narrow, narrow, wide, wide)]
+    assert sequence == pytest.approx([0.51, 0.5202, 0.509796, 0.49960008])
+    top = KeepFractionController(0.995)
+    assert [top.update(*narrow), top.update(*narrow)] == [1.0, 1.0]
+    bottom = KeepFractionController(0.051)
+    assert [bottom.update(*wide), bottom.update(*wide)] == [0.05, 0.05]
+
+
+# ---- gradients through the trainer's loss ------------------------------------------------------
+
+
+def _gradient(loss, model):
+    model.zero_grad()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_exp_rsft_with_huge_lambda_has_the_bc_gradient_direction():
+    model = make_model("CE").eval()  # exact softmax, no dropout: deterministic losses
+    batch = make_batch(
+        [[1, 2, 3, 4], [5, 6]], [[0.0, 1.0, 2.0, 3.0], [0.0, 9.0]], [7, 8], [4.0, 10.0],
+        ratings=([[5.0, 1.0, 2.0, 4.0, 0, 0, 0, 0], [1.0, 5.0, 0, 0, 0, 0, 0, 0]], [3.0, 1.0]),
+    )
+    bc = _gradient(model.calculate_loss(batch), model)
+    cosines = {}
+    for lam in (1e6, 0.5):
+        settings = {"reward_lambda": lam, "reward_max": 5.0}
+        loss, rewards, _ = reward_weighted_loss(model, batch, "exp", settings, "mean")
+        assert rewards.tolist() == [1.0, 2.0, 4.0, 3.0, 5.0, 1.0]
+        cosines[lam] = torch.nn.functional.cosine_similarity(_gradient(loss, model), bc, dim=0).item()
+    assert cosines[1e6] > 0.99999
+    assert cosines[0.5] < 0.99  # a real λ changes the direction
+
+
+# ---- config and data errors --------------------------------------------------------------------
+
+
+BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambda": 0.5}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"reward_lambda": 0}, "reward_lambda must be a number > 0, got 0"),
+        ({"reward_lambda": -1.0}, "reward_lambda must be a number > 0"),
+        ({"reward_lambda": "abc"}, "reward_lambda must be a number > 0"),
+        ({"reward_weighting": "softmax"}, "reward_weighting must be one of"),
+        ({"weight_normalization": "max"}, "weight_normalization must be one of"),
+        ({"reward_weighting": "drpo", **drpo("best")}, "drpo_variant must be one of"),
+        ({"reward_weighting": "drpo", **drpo(keep=0)}, "drpo_keep_fraction must be in (0, 1]"),
+        ({"reward_weighting": "drpo", **drpo(keep=1.5)}, "drpo_keep_fraction must be in (0, 1]"),
+        ({"reward_weighting": "drpo", **drpo(margin=0)}, "drpo_tie_margin must be a number > 0"),
+        ({"reward_weighting": "drpo", **drpo("fixed", drpo_threshold=None)}, "needs a numeric drpo_threshold"),
+        ({"reward_weighting": "drpo", **drpo("exp", drpo_beta=0)}, "drpo_beta must be a number > 0"),
+    ],
+)
+def test_config_errors(changes, message):
+    with pytest.raises(AlignError, match=re.escape(message)):
+        check_config({**BASE, **changes})
+
+
+def settings_config(**changes):
+    keys = ("reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
+            "drpo_threshold", "drpo_tie_margin", "drpo_beta")
+    return {**dict.fromkeys(keys), **BASE, **changes}
+
+
+def test_settings_from_the_data_and_their_errors():
+    ratings = torch.tensor([1.0, 3.0, 5.0], dtype=torch.float64)
+    settings = resolve_settings(settings_config(), ratings)
+    assert settings["reward_max"] == 5.0 and settings["reward_min"] == 1.0
+    assert resolve_settings(settings_config(reward_max=6.0), ratings)["reward_max"] == 6.0
+    with pytest.raises(AlignError, match="below the highest training rating"):
+        resolve_settings(settings_config(reward_max=4.0), ratings)
+    with pytest.raises(AlignError, match="above every training rating .max 5.: DRPO would keep nothing"):
+        resolve_settings(settings_config(reward_weighting="drpo", **drpo("fixed", drpo_threshold=6)), ratings)
+    with pytest.raises(AlignError, match="need ratings >= 0"):
+        resolve_settings(settings_config(reward_weighting="linear", rescale_rewards=False), ratings - 2)
+    with pytest.raises(AlignError, match="cannot rescale ratings"):
+        resolve_settings(settings_config(reward_weighting="linear", rescale_rewards=True), torch.ones(3))
+
+
+# ---- end to end: CLI runs on a slice of ml-100k -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("post_training")
+
+
+@pytest.fixture(scope="module")
+def exp_rsft_run(workdir, ml100k_slice):
+    """ExpRSFT without a checkpoint: the run trains the BC stage first, then post-trains from it."""
+    process, results = run_cli(
+        workdir, "--model=ExpRSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TINY
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return results
+
+
+def check_post_training(results, model):
+    assert results["model"] == model and results["epochs_run"] == len(results["epoch_log"])
+    for split in ("valid", "valid_filtered", "test", "test_filtered"):
+        assert set(results[split]) == {"hit@10", "hit@50", "ndcg@10", "ndcg@50", "mrr"}
+    assert results["n_test_filtered"] > 0
+    for epoch in results["epoch_log"]:
+        assert epoch["mean_weight"] > 0 and 0 < epoch["ess_share"] <= 1
+        assert ("drpo_keep_fraction" in epoch) == (model == "DRPO")
+
+
+def test_exp_rsft_trains_the_bc_stage_then_post_trains(exp_rsft_run):
+    check_post_training(exp_rsft_run, "ExpRSFT")
+    bc = Path(exp_rsft_run["pretrained_checkpoint"])
+    assert bc.is_file() and bc.name.startswith("HSTU-ml-100k-slice-bc-")
+    assert exp_rsft_run["config"]["reward_lambda"] == 0.5 and exp_rsft_run["config"]["reward_weighting"] == "exp"
+    assert exp_rsft_run["epoch_log"][0]["mean_weight"] <= 1  # exp((r - r_max)/λ) <= 1
+
+
+def test_rsft_from_the_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
+    bc = exp_rsft_run["pretrained_checkpoint"]
+    process, results = run_cli(
+        workdir, "--model=RSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={bc}", *TINY,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    check_post_training(results, "RSFT")
+    assert results["pretrained_checkpoint"] == bc
+    assert 1 <= results["epoch_log"][0]["mean_weight"] <= 5  # w = r, the mean training rating
+
+
+def test_drpo_from_the_bc_checkpoint_adapts_the_kept_fraction(workdir, ml100k_slice, exp_rsft_run):
+    bc = exp_rsft_run["pretrained_checkpoint"]
+    process, results = run_cli(
+        workdir, "--model=DRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={bc}",
+        *tiny("--epochs=2", "--stopping_step=5"),
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    check_post_training(results, "DRPO")
+    first, second = (epoch["drpo_keep_fraction"] for epoch in results["epoch_log"])
+    assert first == pytest.approx(0.5, abs=0.01) and second != first and 0.05 <= second <= 1
+
+
+def test_sweep_writes_csv_and_png_from_the_reused_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
+    process, summary = run_cli(
+        workdir, "--model=ExpRSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--reward_lambda_values=[2,0.5]", "--output_dir=sweep", *TINY, script="recbole_align.sweep",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert summary["bc_checkpoint"] == exp_rsft_run["pretrained_checkpoint"]  # the BC stage was reused
+    with open(summary["csv"] if Path(summary["csv"]).is_absolute() else workdir / summary["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["run"], row["reward_lambda"]) for row in rows] == [("BC", ""), ("ExpRSFT", "0.5"), ("ExpRSFT", "2")]
+    assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "best_epoch", "final_epoch"} <= set(rows[0])
+    assert rows[1]["best_epoch"] == "0" and rows[1]["final_epoch"] == "0"
+    assert (workdir / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[2/2] λ=2" in process.stdout
+
+
+def rewritten_slice(ml100k_slice, tmp_path, change):
+    """The slice with ``change`` applied to its table, under the same dataset name in another folder."""
+    frame = pd.read_csv(Path(ml100k_slice) / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
+    return write_atomic(tmp_path, "ml-100k-slice", change(frame))
+
+
+def blank_ratings(frame):
+    return frame.assign(**{"rating:float": frame["rating:float"].where(frame.index % 50 != 0)})
+
+
+def text_ratings(frame):
+    return frame.astype({"rating:float": object}).assign(
+        **{"rating:float": lambda f: f["rating:float"].where(f.index % 50 != 0, "good")}
+    )
+
+
+@pytest.mark.parametrize(
+    "change, args, message",
+    [
+        (blank_ratings, [], "interactions without a numeric rating (empty or NaN)"),
+        (text_ratings, [], "could not be loaded"),
+        (lambda f: f.drop(columns=["rating:float"]), ["--eval_rating_threshold=None"], "has no rating field [rating]"),
+    ],
+)
+def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, message):
+    data_path = rewritten_slice(ml100k_slice, tmp_path, change)
+    process, results = run_cli(
+        tmp_path, "--model=ExpRSFT", "--dataset=ml-100k-slice", f"--data_path={data_path}",
+        f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY, *args,
+    )
+    assert process.returncode == 2 and results is None
+    assert message in process.stderr and process.stderr.startswith("recbole-align: error:")
+    assert "Traceback" not in process.stderr and process.stderr.strip().count("\n") == 0
