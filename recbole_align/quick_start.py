@@ -14,6 +14,7 @@ from recbole.data import data_preparation
 from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_align.data import AlignSequentialDataset
+from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
@@ -113,10 +114,13 @@ def load_dataset(config, model_class):
 
 def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     """The BC checkpoint a post-training run starts from: trained by a nested run of the backbone
-    (``backbone`` config key) on the same data and config, saved under ``checkpoint_dir``, and
-    reused by any later run whose BC config is the same (the key hashes that config)."""
+    (``backbone`` config key) on the same data and config, with a reward head if the method's
+    trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
+    whose BC config is the same (the key hashes that config)."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
+    if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
+        bc_dict["reward_head"] = True
     bc_config, bc_spec = build_config(backbone, dataset, config_file_list, bc_dict)
     known = {key for group in bc_config.parameters.values() for key in group}
     known |= set(_yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(_yaml_keys(bc_spec.config_file))
@@ -147,7 +151,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
 
     Returns the results dict that is also written as JSON to ``results_file`` (default: next to
     the checkpoint): model, dataset, seed, {valid,test}[_filtered] metrics, case counts,
-    checkpoint, timings and the per-epoch log.
+    checkpoint, timings, the per-epoch log and, for a model with a reward head, ``avg_reward``
+    (its generations on the test cases scored by the BC checkpoint's reward head).
     """
     config, spec = build_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -213,6 +218,12 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         "epoch_log": trainer.epoch_log,
         "config": _json_safe(config.final_config_dict),
     }
+    if getattr(recommender, "reward_head", None) is not None:
+        judge = recommender  # a BC run judges itself; a post-trained model is judged by its BC checkpoint
+        if pretrained is not None:
+            judge = checkpoint_model(spec.model_class, pretrained, config, train_data._dataset)
+        results["avg_reward"] = avg_reward(recommender, judge, loaders["test"], config)
+        logger.info(set_color("avg_reward", "yellow") + f": {results['avg_reward']:.4f}")
     results_file = Path(config["results_file"] or Path(trainer.saved_model_file).with_suffix(".json"))
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(results, indent=2))

@@ -35,11 +35,15 @@ def register_model(name, model_class, trainer_class, config_file=None, post_trai
 def _register_builtin_models():
     from recbole_align.model.hstu import HSTU
     from recbole_align.trainer import AlignTrainer
+    from recbole_align.trainer.dpo import DPOTrainer
+    from recbole_align.trainer.ppo import PPOTrainer
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer
 
     register_model("HSTU", HSTU, AlignTrainer)
     for name in ("ExpRSFT", "RSFT", "DRPO"):
         register_model(name, HSTU, RewardWeightedTrainer, post_training=True)
+    register_model("PPO", HSTU, PPOTrainer, post_training=True)
+    register_model("DPO", HSTU, DPOTrainer, post_training=True)
 
 
 _register_builtin_models()

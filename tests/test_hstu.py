@@ -13,9 +13,10 @@ MAX_LEN = 8
 
 
 class FakeDataset:
-    def __init__(self, n_items, fields=("item_id_list", "timestamp_list", "rating_list")):
+    def __init__(self, n_items, fields=("item_id_list", "timestamp_list", "rating_list"), ratings=(3.0,)):
         self.n_items = n_items
         self.field2type = dict.fromkeys(fields)
+        self.inter_feat = {"rating": torch.tensor(ratings)}
 
     def num(self, field):
         return self.n_items
@@ -42,6 +43,8 @@ def make_model(loss_type="CE", n_items=20, time_field="timestamp", fields=None, 
         "temperature": 0.05,
         "num_negatives": 16,
         "loss_type": loss_type,
+        "reward_head": False,
+        "reward_loss_weight": 1.0,
         **overrides,
     }
     torch.manual_seed(seed)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_align.errors import AlignError
+from recbole_align.model.reward_head import RewardHead
 
 
 @torch.no_grad()
@@ -129,7 +130,7 @@ class HSTU(SequentialRecommender):
     # config keys that fix the network's shape and policy; a post-training run takes them from its BC checkpoint
     architecture_keys = (
         "embedding_size", "n_layers", "n_heads", "attention_dim", "linear_dim", "num_buckets",
-        "MAX_ITEM_LIST_LENGTH", "temperature",
+        "MAX_ITEM_LIST_LENGTH", "temperature", "reward_head",
     )
 
     def __init__(self, config, dataset):
@@ -159,6 +160,12 @@ class HSTU(SequentialRecommender):
             dropout=config["dropout_prob"],
             num_buckets=config["num_buckets"],
         )
+        self.reward_loss_weight = config["reward_loss_weight"]
+        self.reward_head = None
+        if config["reward_head"]:
+            if self.RATING not in dataset.inter_feat:
+                raise AlignError(f"reward_head=True needs ratings: load the [{self.RATING}] field (RATING_FIELD).")
+            self.reward_head = RewardHead(config["embedding_size"], dataset.inter_feat[self.RATING].float().mean())
 
     @property
     def item_embedding(self):
@@ -187,15 +194,24 @@ class HSTU(SequentialRecommender):
         logits[..., 0] = float("-inf")
         return logits
 
-    def position_losses(self, interaction):
-        """-log pi(a_t | s_t) at every position.
+    def predict_reward(self, states, items):
+        """The reward head's predicted rating r̂(s, a): states [..., d], item ids [...] -> [...]."""
+        return self.reward_head(states, self.item_vectors()[items])
+
+    def position_states(self, interaction):
+        """Outputs at the M valid positions [M, d], the items they predict [M] and the mask [B, L]."""
+        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        mask = torch.arange(item_seq.size(1), device=item_seq.device) < seq_len.unsqueeze(1)
+        targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
+        return self._outputs(interaction)[mask], targets, mask
+
+    def position_losses(self, interaction, position_states=None):
+        """-log pi(a_t | s_t) at every position (``position_states``: this batch's, if already computed).
 
         Returns (loss [B, L], zero at padding; mask [B, L]; next ratings [B, L] or None without ratings).
         """
-        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        mask = torch.arange(item_seq.size(1), device=item_seq.device) < seq_len.unsqueeze(1)
-        states = self._outputs(interaction)[mask]  # [M, d]: valid positions only
-        targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
+        seq_len = interaction[self.ITEM_SEQ_LEN]
+        states, targets, mask = position_states or self.position_states(interaction)
         if self.loss_type == "CE":
             valid_loss = F.cross_entropy(self.catalogue_logits(states), targets, reduction="none")
         else:  # sampled softmax: num_negatives uniform draws from items 1..n_items-1 per position
@@ -214,9 +230,16 @@ class HSTU(SequentialRecommender):
         return loss, mask, next_rating
 
     def calculate_loss(self, interaction):
-        """Mean next-item loss over every valid position of the batch (= sum(w l) / sum(w))."""
-        loss, mask, _ = self.position_losses(interaction)
-        return loss.sum() / mask.sum()
+        """Mean next-item loss over every valid position of the batch (= sum(w l) / sum(w)); with the
+        reward head, + reward_loss_weight * (1/M) sum_m (r̂(s_m, a_m) - r_m)^2 over the same positions,
+        whose gradient also trains the trunk and the item embeddings (co-training, as the paper)."""
+        position_states = self.position_states(interaction)
+        loss, mask, next_rating = self.position_losses(interaction, position_states)
+        loss = loss.sum() / mask.sum()
+        if self.reward_head is None:
+            return loss
+        states, targets, _ = position_states
+        return loss + self.reward_loss_weight * F.mse_loss(self.predict_reward(states, targets), next_rating[mask])
 
     def user_state(self, interaction):
         """Normalised output at position item_length - 1, conditioned on the target's timestamp: [B, d]."""

@@ -1,0 +1,184 @@
+"""The Exp-RSFT paper's two reward-model diagnostics (sec. 6), for a BC checkpoint with a reward head.
+
+* **Table 2**: MSE and MAE on the test ratings of the trained reward head and of three naive
+  predictors (user mean, item mean, global mean of the training split).
+* **Avg Reward**: the reward head's mean score of G items sampled from a policy (history excluded)
+  for each of C test contexts, for the BC policy and any post-trained checkpoint, always judged by
+  the BC checkpoint's reward model. Every run with a reward head also reports it as ``avg_reward``.
+
+    python -m recbole_align.diagnostics --dataset=ml-1m-half --data_path=../shared/data \\
+        --pretrained_checkpoint=saved/HSTU-bc.pth [--checkpoints="saved/PPO.pth saved/DPO.pth"] [--output_dir=.]
+
+Other ``--key=value`` arguments are config overrides, as for ``run_recbole_align.py``.
+"""
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import torch
+from recbole.data.dataset import Dataset
+from recbole.data.interaction import Interaction, cat_interactions
+from recbole.utils import init_seed
+
+from recbole_align.errors import AlignError
+from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
+from recbole_align.trainer.on_policy import history_mask, log_policy, sample_items
+
+PREDICTORS = ("User Mean", "Item Mean", "Global Mean", "Trained RM")
+
+
+def checkpoint_model(model_class, checkpoint, config, dataset):
+    """A frozen ``model_class`` built for ``config`` and ``dataset`` with the weights of ``checkpoint``."""
+    model = model_class(config, dataset)
+    load_pretrained(model, checkpoint, config)
+    return model.to(config["device"]).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def avg_reward(policy, judge, eval_loader, config):
+    """Avg Reward = (1/(C G)) sum_c sum_g r̂(s_c, a_cg), a_cg ~ pi_policy(.|s_c) over the catalogue minus
+    the case's history; r̂ is ``judge``'s reward head on its own state, c the first
+    C = min(avg_reward_contexts, all) cases of ``eval_loader``, G = avg_reward_generations, and the
+    draws are seeded by ``seed`` so that every policy is scored on the same footing."""
+    generations, limit = config["avg_reward_generations"], config["avg_reward_contexts"]
+    generator = torch.Generator(device=policy.device).manual_seed(config["seed"])
+    policy.eval()
+    judge.eval()
+    total, count = 0.0, 0
+    for interaction, *_ in eval_loader:
+        interaction = interaction[: limit - count].to(policy.device)
+        seq_len = interaction[policy.ITEM_SEQ_LEN]
+        rows = torch.arange(len(seq_len), device=policy.device)
+        excluded = history_mask(interaction[policy.ITEM_SEQ], rows, seq_len - 1, policy.n_items)
+        log_probs = log_policy(policy, policy.user_state(interaction), excluded)
+        items = sample_items(log_probs, generations, generator=generator)
+        total += judge.predict_reward(judge.user_state(interaction).unsqueeze(1), items).sum().item()
+        count += len(seq_len)
+        if count >= limit:
+            break
+    return total / (count * generations)
+
+
+def rating_baselines(interactions, held_out, cases, config):
+    """User-, item- and global-mean predictions of the ratings of ``cases`` from the training split:
+    every interaction in ``interactions`` except the ``held_out`` (valid and test) ones. A user or
+    item with no training rating gets the global mean. Arguments: Interactions with user, item, rating."""
+    uid, iid, rating = config["USER_ID_FIELD"], config["ITEM_ID_FIELD"], config["RATING_FIELD"]
+
+    def training_sums(field, size):
+        def sums(data):
+            values = data[rating].double()
+            return torch.bincount(data[field], values, size), torch.bincount(data[field], minlength=size).double()
+
+        (s_all, n_all), (s_out, n_out) = sums(interactions), sums(held_out)
+        return s_all - s_out, n_all - n_out
+
+    n_train = len(interactions) - len(held_out)
+    global_mean = (interactions[rating].double().sum() - held_out[rating].double().sum()) / n_train
+    predictions = {"Global Mean": global_mean.expand(len(cases))}
+    for name, field in (("User Mean", uid), ("Item Mean", iid)):
+        total, count = training_sums(field, 1 + int(max(interactions[field].max(), cases[field].max())))
+        means = torch.where(count > 0, total / count.clamp(min=1), global_mean)
+        predictions[name] = means[cases[field]]
+    return predictions
+
+
+@torch.no_grad()
+def reward_model_errors(judge, test_loader, valid_loader, config):
+    """Table 2: {predictor: {"MSE", "MAE"}} on the ratings of the test cases, for the naive
+    predictors of :func:`rating_baselines` and the trained reward head of ``judge``."""
+    cases = test_loader._dataset.inter_feat
+    held_out = cat_interactions([cases, valid_loader._dataset.inter_feat])
+    interactions = Interaction(Dataset(config).inter_feat)  # the same filtered, remapped interactions, unsplit
+    predictions = rating_baselines(interactions, held_out, cases, config)
+    judge.eval()
+    predicted = []
+    for interaction, *_ in test_loader:
+        interaction = interaction.to(judge.device)
+        predicted.append(judge.predict_reward(judge.user_state(interaction), interaction[judge.ITEM_ID]).cpu())
+    predictions["Trained RM"] = torch.cat(predicted).double()
+    errors = {name: predictions[name] - cases[config["RATING_FIELD"]].double() for name in PREDICTORS}
+    return {name: {"MSE": (e**2).mean().item(), "MAE": e.abs().mean().item()} for name, e in errors.items()}
+
+
+def markdown_table(header, rows):
+    """A markdown table; floats with 4 decimals."""
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
+
+
+def write_table(path, header, rows):
+    """``rows`` as a CSV file with ``header``."""
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+
+
+def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir=".", config_dict=None):
+    """Table 2 for the BC checkpoint's reward head and the Avg Reward of BC and of each of
+    ``checkpoints``; writes ``diagnostics.md``, ``reward_model.csv`` and ``avg_reward.csv`` to
+    ``output_dir``; returns {"reward_model": Table 2, "avg_reward": {name: score}, "n_test": N, "markdown"}."""
+    from recbole_align.quick_start import build_config, data_preparation, load_dataset  # it imports this module
+
+    bc = read_pretrained(pretrained_checkpoint)
+    config, spec = build_config(bc["config"]["model"], dataset, config_dict={
+        **(config_dict or {}), "pretrained_checkpoint": str(pretrained_checkpoint),
+    })
+    if spec.post_training:
+        raise AlignError(
+            f"pretrained_checkpoint [{pretrained_checkpoint}] is a post-trained [{bc['config']['model']}] model: "
+            f"pass its BC checkpoint as --pretrained_checkpoint and this one in --checkpoints."
+        )
+    adopt_architecture(config, bc, spec.model_class)
+    if not config["reward_head"]:
+        raise AlignError(
+            f"pretrained_checkpoint [{pretrained_checkpoint}] has no reward head (train BC with --reward_head=True)."
+        )
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
+    judge = checkpoint_model(spec.model_class, bc, config, train_data._dataset)
+
+    errors = reward_model_errors(judge, test_data, valid_data, config)
+    scores = {"BC": avg_reward(judge, judge, test_data, config)}
+    for path in checkpoints:
+        policy = checkpoint_model(spec.model_class, read_pretrained(path), config, train_data._dataset)
+        scores[Path(path).stem] = avg_reward(policy, judge, test_data, config)
+
+    n_test = len(test_data._dataset)
+    table2 = [[metric, *(errors[name][metric] for name in PREDICTORS)] for metric in ("MSE", "MAE")]
+    scored = [[name, score] for name, score in scores.items()]
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_table(output_dir / "reward_model.csv", ["metric", *PREDICTORS], table2)
+    write_table(output_dir / "avg_reward.csv", ["policy", "avg_reward"], scored)
+    contexts = min(config["avg_reward_contexts"], n_test)
+    markdown = (
+        f"Reward model vs naive predictors on the {n_test} test ratings of {dataset} "
+        f"(means over the training split):\n\n{markdown_table(['Metric', *PREDICTORS], table2)}\n\n"
+        f"Avg Reward ({config['avg_reward_generations']} generations for each of {contexts} test contexts, "
+        f"judged by the reward head of {pretrained_checkpoint}):\n\n"
+        f"{markdown_table(['Policy', 'Avg Reward'], scored)}\n"
+    )
+    (output_dir / "diagnostics.md").write_text(markdown)
+    return {"reward_model": errors, "avg_reward": scores, "n_test": n_test, "markdown": markdown}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", "-d", required=True, help="dataset name")
+    parser.add_argument("--pretrained_checkpoint", required=True, help="BC checkpoint with a reward head: the judge")
+    parser.add_argument("--checkpoints", default="", help="space-separated post-trained checkpoints to score")
+    parser.add_argument("--output_dir", default=".", help="folder for diagnostics.md and the CSV files")
+    args, _ = parser.parse_known_args(argv)
+    try:
+        tables = run_diagnostics(args.dataset, args.pretrained_checkpoint, args.checkpoints.split(), args.output_dir)
+        print(tables["markdown"])
+    except AlignError as error:
+        print(f"recbole-align: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Reward head, PPO, online DPO and the reward-model diagnostics: hand-computed losses, sampling,
+a planted rating rule, and end-to-end CLI runs on a slice of ml-100k."""
+
+import json
+import math
+import random
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, run_cli, tiny
+from test_hstu import DAY, MAX_LEN, make_batch, make_model
+
+from recbole_align.compat import load_checkpoint
+from recbole_align.trainer.dpo import dpo_loss, rank_pairs
+from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_items
+from recbole_align.trainer.ppo import ppo_loss
+
+LOG = torch.log
+TWO_EPOCHS = tiny("--epochs=2")  # PPO's pi_old moves once
+
+
+def test_ppo_loss_against_hand_computed_values():
+    # one context over items 0..3 (0 = padding, excluded); K = 2 sampled items 1 and 2
+    log_pi = LOG(torch.tensor([[0.0, 0.5, 0.3, 0.2]])).requires_grad_()
+    log_ref = LOG(torch.tensor([[0.0, 0.25, 0.25, 0.5]]))
+    actions, rewards = torch.tensor([[1, 2]]), torch.tensor([[4.0, 2.0]])  # advantages +1, -1
+    log_old = LOG(torch.tensor([[0.4, 0.3]]))  # ratios 1.25 (clipped to 1.2) and 1.0
+    loss, stats = ppo_loss(log_pi, log_old, log_ref, actions, rewards, clip_epsilon=0.2, kl_coef=0.1)
+    kl = 0.5 * math.log(0.5 / 0.25) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.5)
+    assert stats["clip_objective"].item() == pytest.approx((1.2 * 1 + 1.0 * -1) / 2)
+    assert stats["kl_to_bc"].item() == pytest.approx(kl) and kl == pytest.approx(0.218012, abs=1e-6)
+    assert stats["clip_fraction"].item() == 0.5
+    assert loss.item() == pytest.approx(-0.1 + 0.1 * kl)
+    # without the KL term, the clipped sample (ratio above 1 + eps, positive advantage) gets no gradient;
+    # the other gets -(1/MK) * ratio * A = 0.5
+    (grad,) = torch.autograd.grad(ppo_loss(log_pi, log_old, log_ref, actions, rewards, 0.2, 0.0)[0], log_pi)
+    assert grad[0].tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
+
+
+def test_exact_kl_ignores_excluded_items_and_has_finite_gradients():
+    logits = torch.tensor([[float("-inf"), 1.0, 2.0, float("-inf"), 0.5]], requires_grad=True)
+    log_p = torch.log_softmax(logits, -1)
+    log_q = torch.log_softmax(torch.tensor([[float("-inf"), 0.0, 0.0, float("-inf"), 0.0]]), -1)
+    kl = exact_kl(log_p, log_q)
+    p = log_p.exp()[0, [1, 2, 4]]
+    assert kl.item() == pytest.approx((p * (p.log() - math.log(1 / 3))).sum().item())
+    kl.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert exact_kl(log_q, log_q).item() == 0.0
+
+
+def test_dpo_loss_against_hand_computed_values():
+    pc, pr, rc, rr = (LOG(torch.tensor([v])) for v in (0.5, 0.2, 0.25, 0.25))
+    margin = math.log(0.5 / 0.25) - math.log(0.2 / 0.25)
+    assert dpo_loss(pc, pr, rc, rr, beta=0.1).item() == pytest.approx(math.log1p(math.exp(-0.1 * margin)))
+    assert dpo_loss(pc, pr, rc, rr, beta=0.1).item() == pytest.approx(0.648382, abs=1e-6)
+    assert dpo_loss(pc, pr, pc, pr, beta=0.1).item() == pytest.approx(math.log(2))  # policy = reference
+    assert dpo_loss(pr, pc, rc, rr, beta=0.1).item() > math.log(2)  # the rejected item is more likely
+
+
+def test_rank_pairs_prefers_the_higher_reward_and_drops_ties():
+    pairs = torch.tensor([[3, 7], [5, 2], [4, 9]])
+    rewards = torch.tensor([[1.0, 4.5], [3.0, 2.0], [2.5, 2.5]])
+    chosen, rejected, decided = rank_pairs(pairs, rewards)
+    assert chosen[:2, 0].tolist() == [7, 5] and rejected[:2, 0].tolist() == [3, 2]
+    assert decided.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_history_mask_and_sampling_never_return_history_or_padding():
+    item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 0, 0, 0, 0, 0]])
+    rows, positions = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 1, 2, 3, 0])
+    excluded = history_mask(item_seq, rows, positions, n_items=12)
+    for m, (b, t) in enumerate(zip(rows.tolist(), positions.tolist())):
+        expected = {0, *item_seq[b, : t + 1].tolist()}
+        assert set(excluded[m].nonzero().flatten().tolist()) == expected
+    model = make_model(n_items=12).eval()
+    states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    log_probs = log_policy(model, states, excluded)
+    assert torch.isneginf(log_probs[excluded]).all() and torch.isfinite(log_probs[~excluded]).all()
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(5))
+    draws = sample_items(log_probs, 2000, temperature=50.0)  # nearly flat: would hit history if allowed
+    assert not excluded.gather(1, draws).any()
+    pairs = sample_items(log_probs, 2, replacement=False)
+    assert (pairs[:, 0] != pairs[:, 1]).all() and not excluded.gather(1, pairs).any()
+
+
+def planted_batch(rng, n_users=64, n_items=41):
+    """A user of group g (0 or 1) starts with item 1 + g, then mostly watches items of parity g;
+    the planted rule: an item of parity g is rated 5, any other 1."""
+    histories, ratings, targets, target_ratings = [], [], [], []
+    for _ in range(n_users):
+        group = rng.randrange(2)
+        parities = [group if rng.random() < 0.8 else 1 - group for _ in range(MAX_LEN)]
+        items = [1 + group] + [rng.randrange(2, n_items // 2) * 2 + parity for parity in parities]
+        rated = [5.0 if item % 2 == group else 1.0 for item in items]
+        histories.append(items[:-1])
+        ratings.append(rated[:-1])
+        targets.append(items[-1])
+        target_ratings.append(rated[-1])
+    times = [[i * DAY for i in range(MAX_LEN)]] * n_users
+    return make_batch(histories, times, targets, [MAX_LEN * DAY] * n_users, ratings=(ratings, target_ratings))
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: faster than sharing the cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_reward_head_learns_a_planted_rating_rule(one_thread):
+    rng = random.Random(0)
+    model = make_model("CE", n_items=41, reward_head=True, dropout_prob=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(250):
+        optimizer.zero_grad()
+        model.calculate_loss(planted_batch(rng)).backward()
+        optimizer.step()
+    test = planted_batch(rng, n_users=256)
+    with torch.no_grad():
+        states, targets, mask = model.position_states(test)
+        ratings = model.position_losses(test)[2][mask]
+        head_mse = ((model.predict_reward(states, targets) - ratings) ** 2).mean().item()
+    global_mse = ((ratings - ratings.mean()) ** 2).mean().item()  # the global mean, even fitted on the test set
+    assert head_mse < 0.25 * global_mse, (head_mse, global_mse)
+
+
+def test_calculate_loss_adds_the_weighted_reward_mse():
+    model = make_model("CE", n_items=41, reward_head=True, reward_loss_weight=0.5).eval()
+    batch = planted_batch(random.Random(1), n_users=4)
+    with torch.no_grad():
+        loss, mask, ratings = model.position_losses(batch)
+        states, targets, _ = model.position_states(batch)
+        mse = ((model.predict_reward(states, targets) - ratings[mask]) ** 2).mean()
+        assert model.reward_head.offset.item() == 3.0  # FakeDataset's mean training rating
+        assert torch.allclose(model.calculate_loss(batch), loss.sum() / mask.sum() + 0.5 * mse)
+
+
+# ---- end to end on a slice of ml-100k ----
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rlhf")
+
+
+@pytest.fixture(scope="module")
+def ppo_run(workdir, ml100k_slice):
+    return run_cli(workdir, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS)
+
+
+def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
+    process, results = ppo_run
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert results["model"] == "PPO" and len(results["epoch_log"]) == 2
+    assert {"sample_reward", "kl_to_bc", "clip_fraction"} <= set(results["epoch_log"][-1])
+    assert results["epoch_log"][0]["kl_to_bc"] == pytest.approx(0.0, abs=1e-6)  # starts at the BC policy
+    assert results["epoch_log"][1]["kl_to_bc"] > 0
+    assert 1.0 <= results["avg_reward"] <= 5.0
+    bc = load_checkpoint(results["pretrained_checkpoint"])
+    ppo = load_checkpoint(results["checkpoint"])
+    assert bc["config"]["reward_head"] is True
+    head = [k for k in bc["state_dict"] if k.startswith("reward_head.")]
+    assert head and all(torch.equal(bc["state_dict"][k], ppo["state_dict"][k]) for k in head)  # frozen
+
+
+def test_dpo_cli_runs_from_the_same_bc_checkpoint(workdir, ml100k_slice, ppo_run):
+    process, results = run_cli(
+        workdir, "--model=DPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert results["pretrained_checkpoint"] == ppo_run[1]["pretrained_checkpoint"]  # BC + reward head, reused
+    assert results["model"] == "DPO" and 1.0 <= results["avg_reward"] <= 5.0
+    log = results["epoch_log"][0]
+    assert 0.5 < log["decided_fraction"] <= 1.0 and log["train_loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, ppo_run, tmp_path):
+    checkpoint = load_checkpoint(ppo_run[1]["pretrained_checkpoint"])
+    checkpoint["config"]["reward_head"] = False
+    weights = checkpoint["state_dict"]
+    checkpoint["state_dict"] = {k: v for k, v in weights.items() if not k.startswith("reward_head.")}
+    torch.save(checkpoint, tmp_path / "bc-no-head.pth")
+    process, _ = run_cli(
+        tmp_path, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={tmp_path / 'bc-no-head.pth'}", *TINY,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().splitlines()[-1].startswith("recbole-align: error: PPO needs a reward head")
+
+
+def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run):
+    bc, ppo = ppo_run[1]["pretrained_checkpoint"], ppo_run[1]["checkpoint"]
+    out = workdir / "diagnostics"
+    process, _ = run_cli(
+        workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--pretrained_checkpoint={bc}",
+        f"--checkpoints={ppo}", f"--output_dir={out}", "--state=ERROR", script="recbole_align.diagnostics",
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in process.stdout
+    table = pd.read_csv(out / "reward_model.csv", index_col="metric")
+    scores = pd.read_csv(out / "avg_reward.csv", index_col="policy")["avg_reward"]
+    assert scores.iloc[1] == pytest.approx(ppo_run[1]["avg_reward"])  # the run's avg_reward, same draws
+
+    # by hand: each user's last interaction is the test case, the one before the valid case
+    frame = pd.read_csv(ml100k_slice / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
+    frame = frame.sort_values(["user_id:token", "timestamp:float"], kind="stable")
+    rank_from_end = frame.groupby("user_id:token").cumcount(ascending=False)
+    train, test = frame[rank_from_end >= 2], frame[rank_from_end == 0]
+    global_mean = train["rating:float"].mean()
+    user_means = train.groupby("user_id:token")["rating:float"].mean()
+    item_means = train.groupby("item_id:token")["rating:float"].mean()
+    predictions = {
+        "Global Mean": pd.Series(global_mean, index=test.index),
+        "User Mean": test["user_id:token"].map(user_means),
+        "Item Mean": test["item_id:token"].map(item_means).fillna(global_mean),  # unseen item: global mean
+    }
+    for name, predicted in predictions.items():
+        error = predicted - test["rating:float"]
+        assert table.loc["MSE", name] == pytest.approx((error**2).mean())
+        assert table.loc["MAE", name] == pytest.approx(error.abs().mean())
+    assert 0 < table.loc["MSE", "Trained RM"] < 5
+
+
+def test_benchmark_script_tables_from_a_given_bc_checkpoint(workdir, ml100k_slice, ppo_run):
+    out = workdir / "benchmark"
+    process, _ = run_cli(
+        workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--output_dir={out}",
+        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", *TINY, script="benchmarks/rlhf_baselines.py",
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["BC", "PPO", "DPO"]
+    bc_score = pd.read_csv(out / "avg_reward.csv", index_col="policy")["avg_reward"]["BC"]
+    assert rows["BC"]["avg_reward"] == pytest.approx(bc_score)  # 0-epoch run and diagnostics agree
+    table = (out / "table.md").read_text()
+    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | Avg Reward |" in table
+    assert "PPO per epoch" in table and "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in table
