@@ -142,8 +142,10 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
 
     errors = reward_model_errors(judge, test_data, valid_data, config)
     scores = {"BC": avg_reward(judge, judge, test_data, config)}
-    for path in checkpoints:
-        policy = checkpoint_model(spec.model_class, read_pretrained(path), config, train_data._dataset)
+    for path in checkpoints:  # each built in its own shape, e.g. without a reward head after Exp-RSFT
+        checkpoint = read_pretrained(path)
+        adopt_architecture(config, checkpoint, spec.model_class)
+        policy = checkpoint_model(spec.model_class, checkpoint, config, train_data._dataset)
         scores[Path(path).stem] = avg_reward(policy, judge, test_data, config)
 
     n_test = len(test_data._dataset)

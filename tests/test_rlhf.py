@@ -177,32 +177,40 @@ def test_dpo_cli_runs_from_the_same_bc_checkpoint(workdir, ml100k_slice, ppo_run
     assert 0.5 < log["decided_fraction"] <= 1.0 and log["train_loss"] == pytest.approx(math.log(2), abs=1e-3)
 
 
-def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, ppo_run, tmp_path):
-    checkpoint = load_checkpoint(ppo_run[1]["pretrained_checkpoint"])
+def without_reward_head(checkpoint_file, path):
+    """A copy of a checkpoint as if trained without a reward head, written to ``path``."""
+    checkpoint = load_checkpoint(checkpoint_file)
     checkpoint["config"]["reward_head"] = False
     weights = checkpoint["state_dict"]
     checkpoint["state_dict"] = {k: v for k, v in weights.items() if not k.startswith("reward_head.")}
-    torch.save(checkpoint, tmp_path / "bc-no-head.pth")
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, ppo_run, tmp_path):
+    no_head = without_reward_head(ppo_run[1]["pretrained_checkpoint"], tmp_path / "bc-no-head.pth")
     process, _ = run_cli(
         tmp_path, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        f"--pretrained_checkpoint={tmp_path / 'bc-no-head.pth'}", *TINY,
+        f"--pretrained_checkpoint={no_head}", *TINY,
     )
     assert process.returncode == 2
     assert process.stderr.strip().splitlines()[-1].startswith("recbole-align: error: PPO needs a reward head")
 
 
-def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run):
+def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run, tmp_path):
     bc, ppo = ppo_run[1]["pretrained_checkpoint"], ppo_run[1]["checkpoint"]
+    no_head = without_reward_head(bc, tmp_path / "bc-no-head.pth")  # a policy trained without a head
     out = workdir / "diagnostics"
     process, _ = run_cli(
         workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--pretrained_checkpoint={bc}",
-        f"--checkpoints={ppo}", f"--output_dir={out}", "--state=ERROR", script="recbole_align.diagnostics",
+        f"--checkpoints={ppo} {no_head}", f"--output_dir={out}", "--state=ERROR", script="recbole_align.diagnostics",
     )
     assert process.returncode == 0, process.stderr[-2000:]
     assert "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in process.stdout
     table = pd.read_csv(out / "reward_model.csv", index_col="metric")
     scores = pd.read_csv(out / "avg_reward.csv", index_col="policy")["avg_reward"]
     assert scores.iloc[1] == pytest.approx(ppo_run[1]["avg_reward"])  # the run's avg_reward, same draws
+    assert scores["bc-no-head"] == pytest.approx(scores["BC"])  # same policy, same judge, same draws
 
     # by hand: each user's last interaction is the test case, the one before the valid case
     frame = pd.read_csv(ml100k_slice / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
