@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from recbole_align.quick_start import build_config
-from recbole_align.sweep import bc_checkpoint, command_line_overrides, result_row, run_once, write_csv
+from recbole_align.quick_start import command_line_overrides
+from recbole_align.sweep import bc_checkpoint, result_row, run_once, write_csv
 
 METHODS = ("RSFT", "ExpRSFT", "DRPO")
 SPLIT = "test_filtered"

@@ -133,7 +133,10 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
         logger.info(set_color("BC stage", "green") + f": reusing {path}")
         return str(path)
     logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
-    run_recbole_align(backbone, dataset, config_file_list, {**bc_dict, "checkpoint_file": str(path)})
+    partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
+    bc_dict.update(checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")))
+    run_recbole_align(backbone, dataset, config_file_list, bc_dict)
+    partial.replace(path)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
     return str(path)
 
@@ -244,17 +247,37 @@ def _json_safe(config_dict):
     return safe
 
 
+def command_line_overrides(args):
+    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line,
+    refusing anything else and a key given twice with different values, as RecBole does."""
+    overrides = {}
+    for arg in args:
+        key, equals, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not equals or not key:
+            raise AlignError(f"Unrecognised argument [{arg}]: give config overrides as --key=value.")
+        if overrides.get(key, value) != value:
+            raise AlignError(f"Bad configuration: --{key} given twice with different values.")
+        overrides[key] = value
+    return Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion
+
+
 def main(argv=None):
     """Command line: ``--model``, ``--dataset``, ``--config_files`` (space separated) as in RecBole;
-    any other ``--key=value`` is a config override that RecBole's Config reads from the command line."""
+    any other ``--key=value`` is a config override with the priority RecBole gives the command line.
+
+    The overrides reach RecBole as ``config_dict`` (and ``sys.argv`` is emptied), so that a nested
+    run such as the BC stage can still set its own checkpoint and results files.
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", "-m", default="HSTU", help="recbole-align or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    args, _ = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     config_files = args.config_files.strip().split(" ") if args.config_files else None
     try:
-        run_recbole_align(args.model, args.dataset, config_file_list=config_files)
+        overrides = command_line_overrides(rest)
+        sys.argv = sys.argv[:1]
+        run_recbole_align(args.model, args.dataset, config_file_list=config_files, config_dict=overrides)
     except AlignError as error:
         print(f"recbole-align: error: {error}", file=sys.stderr)
         sys.exit(2)

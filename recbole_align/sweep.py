@@ -23,24 +23,17 @@ from numbers import Real
 from pathlib import Path
 from time import time
 
-from recbole.config import Config
-
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import EVAL_SPLITS, behaviour_cloning_stage, build_config, run_recbole_align
+from recbole_align.quick_start import (
+    EVAL_SPLITS,
+    behaviour_cloning_stage,
+    build_config,
+    command_line_overrides,
+    run_recbole_align,
+)
 
 PLOT_METRICS = ("ndcg@10", "hit@10", "mrr")
 PLOT_SPLIT = "test_filtered"
-
-
-def command_line_overrides(args):
-    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line."""
-    overrides = {}
-    for arg in args:
-        if not arg.startswith("--") or "=" not in arg:
-            raise AlignError(f"unrecognised argument [{arg}]: config overrides are written --key=value.")
-        key, value = arg[2:].split("=", 1)
-        overrides[key] = value
-    return Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion
 
 
 def parse_lambdas(text):

@@ -65,7 +65,8 @@ def without_column(data_path, column, name):
         (["--dataset=missing"], "Dataset [missing] not found"),
         (["--model=BPR"], "evaluates sequential recommenders"),
         (["--config_files=nowhere.yaml"], "Config file [nowhere.yaml] does not exist"),
-        (["--epochs=3", "--epochs=4"], "Bad configuration: There are duplicate"),
+        (["--epochs=3", "--epochs=4"], "Bad configuration: --epochs given twice"),
+        (["--epochs", "3"], "Unrecognised argument [--epochs]"),
     ],
 )
 def test_clear_errors(tmp_path, ml100k_slice, args, message):

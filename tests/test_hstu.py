@@ -184,9 +184,26 @@ def test_relative_bias_uses_offset_and_next_timestamp():
         rab.time_weights.copy_(torch.arange(129.0) * 100)
     time_seq = torch.tensor([[0.0, DAY, 2 * DAY]], dtype=torch.float64)
     next_time = torch.tensor([[DAY, 2 * DAY, 2 * DAY + 365 * DAY]], dtype=torch.float64)
-    bias = rab(time_seq, next_time)[0]
+    bias = rab(hstu.time_gap_buckets(time_seq, next_time, 128))[0]
     for i in range(3):
         for j in range(3):
             bucket = time_bucket(next_time[0, i] - time_seq[0, j]).item()
             assert bias[i, j].item() == (j - i + 3) + 100 * bucket
     assert bias[2, 0].item() == 1 + 100 * 57 and bias[0, 0].item() == 3 + 100 * 37
+
+
+def test_bucket_lookup_gradient_equals_indexing():
+    weights = torch.randn(129, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 129, (3, 7, 7))
+    upstream = torch.randn(3, 7, 7, dtype=torch.float64)
+    (expected,) = torch.autograd.grad((weights[index] * upstream).sum(), weights)
+    (actual,) = torch.autograd.grad((hstu._BucketLookup.apply(weights, index) * upstream).sum(), weights)
+    assert torch.allclose(actual, expected)
+
+
+@pytest.mark.parametrize("n_items", [50, 5000])  # both ways of computing them
+def test_sampled_dot_products(n_items):
+    states, items = torch.randn(6, 4), torch.randn(n_items, 4)
+    samples = torch.randint(0, n_items, (6, 3))
+    expected = torch.stack([items[samples[m]] @ states[m] for m in range(6)])
+    assert torch.allclose(hstu.sampled_dot_products(states, items, samples), expected, atol=1e-5)

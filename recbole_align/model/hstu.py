@@ -20,11 +20,12 @@ from recbole_align.model.reward_head import RewardHead
 
 @torch.no_grad()
 def time_bucket(gaps, num_buckets=128):
-    """Log-spaced bucket of a time gap in seconds: floor(ln(max(|gap|, 1)) / 0.301), in [0, num_buckets]."""
-    if not gaps.is_floating_point():
-        gaps = gaps.double()
-    buckets = torch.floor(torch.log(gaps.abs().clamp(min=1)) / 0.301)
-    return buckets.clamp(0, num_buckets).long()
+    """Log-spaced bucket of a time gap in seconds: floor(ln(max(|gap|, 1)) / 0.301), in [0, num_buckets].
+
+    Gaps are taken exactly (integer seconds in float64 inputs) and bucketed in float32, in place.
+    """
+    buckets = gaps.abs().float().clamp_(min=1).log_().div_(0.301).floor_()
+    return buckets.clamp_(0, num_buckets).long()
 
 
 def next_step(seq_list, seq_len, target):
@@ -33,6 +34,31 @@ def next_step(seq_list, seq_len, target):
     shifted = shifted.scatter(1, (seq_len - 1).unsqueeze(1), target.to(seq_list.dtype).unsqueeze(1))
     valid = torch.arange(seq_list.size(1), device=seq_list.device) < seq_len.unsqueeze(1)
     return shifted * valid
+
+
+def sampled_dot_products(states, items, samples):
+    """states [M, d] . items[samples] [M, R, d] -> [M, R]. For catalogues up to 64 R items one GEMM
+    over the whole catalogue and a gather is cheaper than gathering M*R item vectors (same values)."""
+    if items.size(0) <= 64 * samples.size(1):
+        return (states @ items.T).gather(1, samples)
+    return torch.bmm(F.embedding(samples, items), states.unsqueeze(-1)).squeeze(-1)
+
+
+class _BucketLookup(torch.autograd.Function):
+    """``weights[index]`` whose backward is a bincount: the same gradient as indexing, several times
+    faster on CPU than the scatter-add that indexing's backward runs over B*L*L positions."""
+
+    @staticmethod
+    def forward(ctx, weights, index):
+        ctx.save_for_backward(index)
+        ctx.n_weights = weights.numel()
+        return weights[index]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        grad_weights = torch.bincount(index.flatten(), weights=grad.flatten(), minlength=ctx.n_weights)
+        return grad_weights.to(grad.dtype), None
 
 
 class RelativeBucketedTimeAndPositionBias(nn.Module):
@@ -47,12 +73,16 @@ class RelativeBucketedTimeAndPositionBias(nn.Module):
         self.pos_weights = nn.Parameter(torch.empty(2 * max_len - 1).normal_(std=0.02))
         self.time_weights = nn.Parameter(torch.empty(num_buckets + 1).normal_(std=0.02))
 
-    def forward(self, time_seq, next_time_seq):
-        """time_seq, next_time_seq: [B, L] (L <= max_len) -> bias [B, L, L]."""
-        pos = torch.arange(time_seq.size(1), device=time_seq.device)
+    def forward(self, time_buckets):
+        """time_buckets: [B, L, L] (L <= max_len) from :func:`time_gap_buckets` -> bias [B, L, L]."""
+        pos = torch.arange(time_buckets.size(1), device=time_buckets.device)
         pos_bias = self.pos_weights[pos.unsqueeze(0) - pos.unsqueeze(1) + self.max_len - 1]
-        gaps = next_time_seq.unsqueeze(2) - time_seq.unsqueeze(1)
-        return pos_bias + self.time_weights[time_bucket(gaps, self.num_buckets)]
+        return pos_bias + _BucketLookup.apply(self.time_weights, time_buckets)
+
+
+def time_gap_buckets(time_seq, next_time_seq, num_buckets):
+    """bucket(t_{i+1} - t_j) for every query i and key j: [B, L] x 2 -> [B, L, L] (shared by all blocks)."""
+    return time_bucket(next_time_seq.unsqueeze(2) - time_seq.unsqueeze(1), num_buckets)
 
 
 class HSTUBlock(nn.Module):
@@ -66,7 +96,6 @@ class HSTUBlock(nn.Module):
     def __init__(self, d, n_heads, attention_dim, linear_dim, dropout, max_len, num_buckets):
         super().__init__()
         self.n_heads, self.attention_dim, self.linear_dim = n_heads, attention_dim, linear_dim
-        self.max_len = max_len
         self.uvqk = nn.Linear(d, 2 * n_heads * (linear_dim + attention_dim), bias=False)
         nn.init.normal_(self.uvqk.weight, std=0.02)
         self.rel_bias = RelativeBucketedTimeAndPositionBias(max_len, num_buckets)
@@ -74,15 +103,15 @@ class HSTUBlock(nn.Module):
         self.out = nn.Linear(n_heads * linear_dim, d)
         nn.init.xavier_uniform_(self.out.weight)
 
-    def forward(self, x, attn_mask, time_seq, next_time_seq):
-        """x: [B, L, d]; attn_mask: [B, 1, L, L] causal and key-padding mask (float) -> [B, L, d]."""
+    def forward(self, x, attn_mask, time_buckets):
+        """x: [B, L, d]; attn_mask: [B, 1, L, L] causal and key-padding mask times 1/n -> [B, L, d]."""
         B, L, _ = x.shape
         H, dv, dqk = self.n_heads, self.linear_dim, self.attention_dim
         h = F.silu(self.uvqk(F.layer_norm(x, x.shape[-1:], eps=1e-6)))
         u, v, q, k = torch.split(h, [H * dv, H * dv, H * dqk, H * dqk], dim=-1)
         qk = torch.einsum("bihd,bjhd->bhij", q.view(B, L, H, dqk), k.view(B, L, H, dqk))
-        rab = self.rel_bias(time_seq, next_time_seq).unsqueeze(1)
-        attn = F.silu(qk + rab) / self.max_len * attn_mask
+        rab = self.rel_bias(time_buckets).unsqueeze(1)
+        attn = F.silu(qk + rab) * attn_mask  # the mask carries the 1/n
         av = torch.einsum("bhij,bjhd->bihd", attn, v.view(B, L, H, dv)).reshape(B, L, H * dv)
         return x + self.out(self.dropout(u * F.layer_norm(av, av.shape[-1:], eps=1e-6)))
 
@@ -96,6 +125,7 @@ class HSTUEncoder(nn.Module):
         nn.init.trunc_normal_(self.item_embedding.weight, std=0.02, a=-0.04, b=0.04)  # cut at 2 std
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+        self.max_len, self.num_buckets = max_len, num_buckets
         self.position_embedding = nn.Embedding(max_len, d)
         nn.init.xavier_normal_(self.position_embedding.weight)
         self.dropout = nn.Dropout(dropout)
@@ -114,9 +144,10 @@ class HSTUEncoder(nn.Module):
         # causal (diagonal included) and key-padding mask, [B, 1, L(query), L(key)]; with left-aligned
         # sequences the key mask only matters for padded query rows, which are zeroed at the end anyway
         causal = torch.ones(L, L, dtype=torch.bool, device=item_seq.device).tril()
-        attn_mask = (causal & valid.transpose(1, 2)).unsqueeze(1).to(x.dtype)
+        attn_mask = (causal & valid.transpose(1, 2)).unsqueeze(1).to(x.dtype) / self.max_len  # A's 1/n, n = the padded window
+        time_buckets = time_gap_buckets(time_seq, next_time_seq, self.num_buckets)
         for block in self.blocks:
-            x = block(x, attn_mask, time_seq, next_time_seq)
+            x = block(x, attn_mask, time_buckets)
         return F.normalize(x, dim=-1, eps=1e-6) * valid
 
 
@@ -219,7 +250,7 @@ class HSTU(SequentialRecommender):
             shape = (len(targets), self.num_negatives)
             negatives = torch.randint(1, self.n_items, shape, device=targets.device)
             pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
-            neg_logits = torch.bmm(items[negatives], states.unsqueeze(-1)).squeeze(-1) / self.temperature
+            neg_logits = sampled_dot_products(states, items, negatives) / self.temperature
             neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
             logits = torch.cat([pos_logits, neg_logits], dim=-1)
             valid_loss = torch.logsumexp(logits, dim=-1) - logits[:, 0]
