@@ -2,6 +2,7 @@
 DRPO controller, gradients, config and data errors, end-to-end CLI runs and the λ sweep."""
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -311,3 +312,22 @@ def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, messa
     assert process.returncode == 2 and results is None
     assert message in process.stderr and process.stderr.startswith("recbole-align: error:")
     assert "Traceback" not in process.stderr and process.stderr.strip().count("\n") == 0
+
+
+def test_benchmark_table_from_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
+    out = workdir / "benchmark"
+    process, _ = run_cli(
+        workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--output_dir={out}",
+        "--methods=ExpRSFT,DRPO", f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY,
+        script="benchmarks/post_training.py",
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
+    assert list(rows) == ["BC", "ExpRSFT", "DRPO"]
+    table = (out / "table.md").read_text()
+    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | s/epoch |" in table  # no reward head: no Avg Reward
+    bc_ndcg = rows["BC"]["test_filtered/ndcg@10"]
+    drpo_ndcg = rows["DRPO"]["test_filtered/ndcg@10"]
+    change = f"{(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%" if bc_ndcg else None
+    assert change is None or f"{drpo_ndcg:.4f} ({change})" in table
+    assert "DRPO per epoch" in table and "drpo_keep_fraction" in table

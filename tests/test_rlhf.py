@@ -236,7 +236,7 @@ def test_benchmark_script_tables_from_a_given_bc_checkpoint(workdir, ml100k_slic
     out = workdir / "benchmark"
     process, _ = run_cli(
         workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--output_dir={out}",
-        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", *TINY, script="benchmarks/rlhf_baselines.py",
+        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", "--methods=PPO,DPO", *TINY, script="benchmarks/post_training.py",
     )
     assert process.returncode == 0, process.stderr[-2000:]
     rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
