@@ -1,5 +1,6 @@
 """RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
 
+import os
 import resource
 from time import time
 
@@ -10,6 +11,7 @@ from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
 from recbole_align.compat import full_checkpoint_loading
+from recbole_align.errors import AlignError
 
 
 class AlignTrainerMixin:
@@ -18,6 +20,7 @@ class AlignTrainerMixin:
     * full-sort evaluation that excludes the items of the case's history (the model's input
       window, as the HSTU reference does); RecBole 1.2.1 excludes nothing for sequential models;
     * ``checkpoint_file`` (config key) to choose the checkpoint's path;
+    * a clear error when the training loss becomes NaN or infinite (RecBole checks NaN only);
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
       statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
@@ -44,6 +47,7 @@ class AlignTrainerMixin:
         )
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        self.current_epoch = epoch_idx
         start = time()
         losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         total = sum(losses) if isinstance(losses, tuple) else losses
@@ -51,6 +55,14 @@ class AlignTrainerMixin:
             {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": time() - start}
         )
         return losses
+
+    def _check_nan(self, loss):
+        if not torch.isfinite(loss):
+            last_good = self.saved_model_file if os.path.isfile(self.saved_model_file) else "none saved yet"
+            raise AlignError(
+                f"[{self.config['model']}] training loss became {loss.item()} in epoch {self.current_epoch}; "
+                f"stopped. Last good checkpoint: {last_good}. Try a lower learning_rate."
+            )
 
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
