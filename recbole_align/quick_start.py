@@ -169,8 +169,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         if not config["pretrained_checkpoint"]:
             config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
         pretrained = read_pretrained(config["pretrained_checkpoint"])
-        for key, (ours, saved) in adopt_architecture(config, pretrained, spec.model_class).items():
-            logger.info(f"{key} = {saved!r} from the pretrained checkpoint (config said {ours!r})")
+        for key, (configured, adopted) in adopt_architecture(config, pretrained, spec.model_class).items():
+            logger.info(f"{key} = {adopted!r} from the pretrained checkpoint (config said {configured!r})")
 
     data = load_dataset(config, spec.model_class)
     logger.info(data)

@@ -242,11 +242,15 @@ def test_rsft_from_the_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
     bc = exp_rsft_run["pretrained_checkpoint"]
     process, results = run_cli(
         workdir, "--model=RSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        f"--pretrained_checkpoint={bc}", *TINY,
+        f"--pretrained_checkpoint={bc}", *tiny("--embedding_size=16", "--reward_head=True", "--epochs=2"),
     )
     assert process.returncode == 0, process.stderr[-3000:]
     check_post_training(results, "RSFT")
     assert results["pretrained_checkpoint"] == bc
+    # the network's shape comes from the checkpoint, and the run still saves and reloads its best epoch
+    assert results["config"]["embedding_size"] == 8 and results["config"]["reward_head"] is False
+    assert Path(results["checkpoint"]).is_file()
+    assert results["epoch_log"][results["best_epoch"]]["valid_filtered"] == results["valid_filtered"]
     assert 1 <= results["epoch_log"][0]["mean_weight"] <= 5  # w = r, the mean training rating
 
 
