@@ -20,8 +20,23 @@ def read_pretrained(checkpoint_path):
 
 
 def adopt_architecture(config, checkpoint, model_class):
-    """Copy the checkpoint's values of ``model_class.architecture_keys`` into ``config``, so the model
-    built from it has the pretrained shape (e.g. a reward head); returns the keys that changed."""
+    """Refuse a checkpoint of another model class or dataset, then copy its values of
+    ``model_class.architecture_keys`` into ``config``, so the model built from it has the pretrained
+    shape (e.g. a reward head); returns the keys that changed."""
+    path, saved_config = config["pretrained_checkpoint"], checkpoint["config"]
+    from recbole_align.quick_start import resolve_model
+
+    saved_class = resolve_model(saved_config["model"]).model_class
+    if saved_class is not model_class:
+        raise AlignError(
+            f"pretrained_checkpoint [{path}] holds a [{saved_config['model']}] model ({saved_class.__name__}); "
+            f"[{config['model']}] post-trains a {model_class.__name__}."
+        )
+    if saved_config["dataset"] != config["dataset"]:
+        raise AlignError(
+            f"pretrained_checkpoint [{path}] was trained on dataset [{saved_config['dataset']}], "
+            f"not [{config['dataset']}]."
+        )
     changed = {}
     for key in getattr(model_class, "architecture_keys", ()):
         saved = checkpoint["config"][key]
@@ -32,23 +47,10 @@ def adopt_architecture(config, checkpoint, model_class):
 
 
 def load_pretrained(model, checkpoint, config):
-    """Load the weights of ``checkpoint`` (from :func:`read_pretrained`) into ``model``, refusing a
-    checkpoint of another model class, dataset or item catalogue with a message that says which."""
+    """Load the weights of ``checkpoint`` (checked by :func:`adopt_architecture`) into ``model``,
+    refusing one whose tensors do not fit (another item catalogue or backbone config)."""
     path = config["pretrained_checkpoint"]
     saved_config, state_dict = checkpoint["config"], checkpoint["state_dict"]
-    from recbole_align.quick_start import resolve_model
-
-    saved_class = resolve_model(saved_config["model"]).model_class
-    if saved_class is not type(model):
-        raise AlignError(
-            f"pretrained_checkpoint [{path}] holds a [{saved_config['model']}] model ({saved_class.__name__}); "
-            f"[{config['model']}] post-trains a {type(model).__name__}."
-        )
-    if saved_config["dataset"] != config["dataset"]:
-        raise AlignError(
-            f"pretrained_checkpoint [{path}] was trained on dataset [{saved_config['dataset']}], "
-            f"not [{config['dataset']}]."
-        )
     own_state = model.state_dict()
     for name, tensor in state_dict.items():
         if name in own_state and own_state[name].shape != tensor.shape:

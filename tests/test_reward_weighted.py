@@ -335,3 +335,40 @@ def test_benchmark_table_from_a_bc_checkpoint_without_reward_head(workdir, ml100
     change = f"{(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%" if bc_ndcg else None
     assert change is None or f"{drpo_ndcg:.4f} ({change})" in table
     assert "DRPO per epoch" in table and "drpo_keep_fraction" in table
+
+
+@pytest.fixture(scope="module")
+def sasrec_checkpoint(workdir, ml100k_slice):
+    folder = workdir / "sasrec"
+    folder.mkdir()
+    process, results = run_cli(
+        folder, "--model=SASRec", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", "--epochs=1",
+        "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=8", "--inner_size=8", "--n_layers=1", "--state=ERROR",
+        "--show_progress=False",
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    return results["checkpoint"]
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt", "other model", "other dataset", "other catalogue"])
+def test_pretrained_checkpoint_refusals(tmp_path, ml100k_slice, exp_rsft_run, sasrec_checkpoint, case):
+    bc, dataset, data_path = exp_rsft_run["pretrained_checkpoint"], "ml-100k-slice", ml100k_slice
+    frame = pd.read_csv(ml100k_slice / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
+    if case == "missing":
+        bc, message = tmp_path / "nowhere.pth", "does not exist"
+    elif case == "corrupt":
+        bc, message = tmp_path / "corrupt.pth", "is not a readable RecBole checkpoint"
+        bc.write_bytes(b"not a checkpoint")
+    elif case == "other model":
+        bc, message = sasrec_checkpoint, "holds a [SASRec] model"
+    elif case == "other dataset":
+        dataset, message = "renamed-slice", "was trained on dataset [ml-100k-slice], not [renamed-slice]"
+        data_path = write_atomic(tmp_path, dataset, frame)
+    else:  # same name, fewer users and so fewer items
+        data_path = write_atomic(tmp_path, dataset, frame[frame["user_id:token"] <= 20])
+        message = "does not fit this model"
+    process, results = run_cli(
+        tmp_path, "--model=RSFT", f"--dataset={dataset}", f"--data_path={data_path}", f"--pretrained_checkpoint={bc}", *TINY
+    )
+    assert process.returncode == 2 and results is None
+    assert message in process.stderr and "Traceback" not in process.stderr
