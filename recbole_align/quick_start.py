@@ -3,6 +3,7 @@
 import argparse
 import hashlib
 import json
+import os
 import sys
 from logging import getLogger
 from dataclasses import replace
@@ -158,6 +159,9 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     (its generations on the test cases scored by the BC checkpoint's reward head).
     """
     config, spec = build_config(model, dataset, config_file_list, config_dict)
+    writable_folder(config["checkpoint_dir"], "checkpoint_dir")
+    if config["results_file"]:
+        writable_folder(Path(config["results_file"]).parent, "The folder of results_file")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -233,6 +237,16 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     results["results_file"] = str(results_file)
     logger.info(set_color("results written to", "blue") + f": {results_file}")
     return results
+
+
+def writable_folder(folder, what):
+    """Create ``folder`` if needed, or fail now with a clear error rather than after training."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AlignError(f"{what} [{folder}] cannot be created: {error.strerror}.") from None
+    if not os.access(folder, os.W_OK):
+        raise AlignError(f"{what} [{folder}] is not writable.")
 
 
 def _json_safe(config_dict):

@@ -1,11 +1,13 @@
 """End-to-end runs of run_recbole_align.py and its clear errors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import TINY, run_cli, tiny, with_overrides, write_atomic
+from conftest import REPO, TINY, run_cli, tiny, with_overrides, write_atomic
 
 METRICS = {"hit@10", "hit@50", "ndcg@10", "ndcg@50", "mrr"}
 
@@ -103,3 +105,18 @@ def test_same_seed_same_metrics(tmp_path, ml100k_slice):
     for split in ("valid", "test", "valid_filtered", "test_filtered"):
         assert runs[0][split] == runs[1][split]
     assert [e["train_loss"] for e in runs[0]["epoch_log"]] == [e["train_loss"] for e in runs[1]["epoch_log"]]
+
+
+@pytest.mark.parametrize("key", ["results_file", "checkpoint_dir"])
+def test_unwritable_output_fails_before_training(tmp_path, ml100k_slice, key):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    target = blocker / ("r.json" if key == "results_file" else "saved")
+    process = subprocess.run(
+        [sys.executable, str(REPO / "run_recbole_align.py"), "--model=HSTU", "--dataset=ml-100k-slice",
+         f"--data_path={ml100k_slice}", *TINY, f"--{key}={target}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert process.returncode == 2
+    assert "cannot be created" in process.stderr and "Traceback" not in process.stderr
+    assert not list(tmp_path.glob("**/*.pth"))  # nothing trained or saved
