@@ -124,7 +124,7 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
 
     bc = read_pretrained(pretrained_checkpoint)
     config, spec = build_config(bc["config"]["model"], dataset, config_dict={
-        **(config_dict or {}), "pretrained_checkpoint": str(pretrained_checkpoint),
+        **(config_dict or {}), "pretrained_checkpoint": str(pretrained_checkpoint), "backbone": bc["config"]["backbone"],
     })
     if spec.post_training:
         raise AlignError(

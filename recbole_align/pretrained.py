@@ -24,9 +24,9 @@ def adopt_architecture(config, checkpoint, model_class):
     ``model_class.architecture_keys`` into ``config``, so the model built from it has the pretrained
     shape (e.g. a reward head); returns the keys that changed."""
     path, saved_config = config["pretrained_checkpoint"], checkpoint["config"]
-    from recbole_align.quick_start import resolve_model
+    from recbole_align.quick_start import model_class_of
 
-    saved_class = resolve_model(saved_config["model"]).model_class
+    saved_class = model_class_of(saved_config)
     if saved_class is not model_class:
         raise AlignError(
             f"pretrained_checkpoint [{path}] holds a [{saved_config['model']}] model ({saved_class.__name__}); "

@@ -18,6 +18,8 @@ from recbole_align.data import AlignSequentialDataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
+from recbole_align.model.backbone import post_trainable
+from recbole_align.model.policy import NextItemPolicy
 from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
 from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
 from recbole_align.trainer import with_align_evaluation
@@ -46,10 +48,29 @@ def resolve_model(name):
     return AlignModel(model_class, trainer_class, None)
 
 
+def backbone_spec(name):
+    """The model that BC and post-training train for ``backbone: name``: HSTU, or a RecBole
+    sequential model made post-trainable, with its yaml (properties/backbone/<name>.yaml for a
+    RecBole model, layered over RecBole's own)."""
+    spec = resolve_model(name)
+    if spec.on_backbone:
+        raise AlignError(f"backbone [{name}] is itself a training method; name a backbone model (HSTU, SASRec, ...).")
+    if issubclass(spec.model_class, NextItemPolicy):
+        return spec
+    config_file = PROPERTIES_DIR / "backbone" / f"{name}.yaml"
+    return replace(spec, model_class=post_trainable(spec.model_class), config_file=config_file)
+
+
+def model_class_of(saved_config):
+    """The model class that a run with ``saved_config`` (e.g. a checkpoint's) trained."""
+    spec = resolve_model(saved_config["model"])
+    return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
+
+
 def build_config(model, dataset, config_file_list=None, config_dict=None):
     """RecBole Config with recbole-align's yaml first: overall < backbone < model < dataset < the
-    user's files < config_dict < command line. A post-training model runs on the model class named
-    by its ``backbone`` key (default HSTU) and layers its own yaml over the backbone's."""
+    user's files < config_dict < command line. BC and the post-training models run on the model
+    class named by the ``backbone`` key (default HSTU) and layer their own yaml over the backbone's."""
     spec = resolve_model(model)
     user_files = list(config_file_list or [])
     for f in user_files:
@@ -65,20 +86,12 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
             raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
 
-    if not spec.post_training:
+    if not spec.on_backbone:
         config = make(spec.model_class, [spec.config_file])
     else:
         # probe: which backbone (the registered class's own yaml first, for keys Config needs, e.g. loss_type)
         own_file = resolve_model(spec.model_class.__name__).config_file
-        backbone_name = make(spec.model_class, [own_file, spec.config_file])["backbone"]
-        backbone = resolve_model(backbone_name)
-        if backbone.post_training:
-            raise AlignError(f"backbone [{backbone_name}] is itself a post-training method; name a backbone model.")
-        if not hasattr(backbone.model_class, "position_losses"):
-            raise AlignError(
-                f"backbone [{backbone_name}] cannot be post-trained: it has no position_losses() "
-                f"(per-position next-item losses)."
-            )
+        backbone = backbone_spec(make(spec.model_class, [own_file, spec.config_file])["backbone"])
         spec = replace(spec, model_class=backbone.model_class)
         config = make(spec.model_class, [backbone.config_file, spec.config_file])
     config["model"] = model
@@ -114,18 +127,18 @@ def load_dataset(config, model_class):
 
 
 def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
-    """The BC checkpoint a post-training run starts from: trained by a nested run of the backbone
-    (``backbone`` config key) on the same data and config, with a reward head if the method's
+    """The BC checkpoint a post-training run starts from: trained by a nested ``BC`` run of the
+    backbone (``backbone`` config key) on the same data and config, with a reward head if the method's
     trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
     whose BC config is the same (the key hashes that config)."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
     if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
         bc_dict["reward_head"] = True
-    bc_config, bc_spec = build_config(backbone, dataset, config_file_list, bc_dict)
+    bc_config, bc_spec = build_config("BC", dataset, config_file_list, bc_dict)
     known = {key for group in bc_config.parameters.values() for key in group}
-    known |= set(_yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(_yaml_keys(bc_spec.config_file))
-    known |= {"dataset", "model"}
+    known |= set(_yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(_yaml_keys(backbone_spec(backbone).config_file))
+    known |= set(bc_spec.model_class.architecture_keys) | {"dataset", "model", "backbone"}
     reuse_config = {k: v for k, v in _json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
     key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
@@ -136,7 +149,7 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
     partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
     bc_dict.update(checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")))
-    run_recbole_align(backbone, dataset, config_file_list, bc_dict)
+    run_recbole_align("BC", dataset, config_file_list, bc_dict)
     partial.replace(path)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
     return str(path)

@@ -1,6 +1,8 @@
 """Which models recbole-align provides, and how each is trained.
 
 A name maps to the model class, the trainer class and the default yaml under ``properties/model``.
+``BC`` and the post-training methods run on the model named by the ``backbone`` config key (HSTU,
+or a RecBole sequential model made post-trainable by :mod:`recbole_align.model.backbone`).
 Names not listed fall through to RecBole's own models and trainers (``SASRec``, ``GRU4Rec`` ...),
 evaluated by the same rating-filtered evaluator.
 """
@@ -17,19 +19,22 @@ class AlignModel:
     trainer_class: type
     config_file: Path
     post_training: bool = False  # starts from a BC checkpoint of its backbone
+    on_backbone: bool = False  # runs on the ``backbone`` model class, not on model_class
 
 
 MODELS = {}
 
 
-def register_model(name, model_class, trainer_class, config_file=None, post_training=False):
+def register_model(name, model_class, trainer_class, config_file=None, post_training=False, on_backbone=None):
     """Make ``name`` runnable by ``run_recbole_align``; the yaml defaults to properties/model/<name>.yaml.
 
     A ``post_training`` model starts from the BC checkpoint named by ``pretrained_checkpoint`` or,
-    when none is given, from one trained (or reused) by the same run.
+    when none is given, from one trained (or reused) by the same run. An ``on_backbone`` model
+    (default: the post-training ones) trains the class named by the ``backbone`` config key.
     """
     config_file = Path(config_file or PROPERTIES_DIR / "model" / f"{name}.yaml")
-    MODELS[name] = AlignModel(model_class, trainer_class, config_file, post_training)
+    on_backbone = post_training if on_backbone is None else on_backbone
+    MODELS[name] = AlignModel(model_class, trainer_class, config_file, post_training, on_backbone)
 
 
 def _register_builtin_models():
@@ -40,6 +45,7 @@ def _register_builtin_models():
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer
 
     register_model("HSTU", HSTU, AlignTrainer)
+    register_model("BC", HSTU, AlignTrainer, on_backbone=True)  # behaviour cloning of the backbone
     for name in ("ExpRSFT", "RSFT", "DRPO"):
         register_model(name, HSTU, RewardWeightedTrainer, post_training=True)
     register_model("PPO", HSTU, PPOTrainer, post_training=True)

@@ -6,7 +6,8 @@ from recbole.data.interaction import Interaction
 
 from recbole_align.errors import AlignError
 from recbole_align.model import hstu
-from recbole_align.model.hstu import HSTU, next_step, time_bucket
+from recbole_align.model.hstu import HSTU, time_bucket
+from recbole_align.model.policy import next_step
 
 DAY = 86400.0
 MAX_LEN = 8
@@ -73,7 +74,7 @@ def make_batch(histories, times, targets, target_times, width=MAX_LEN, ratings=N
 
 
 def outputs(model, batch):
-    return model._outputs(batch)
+    return model.sequence_outputs(batch)
 
 
 def test_time_bucket_values():

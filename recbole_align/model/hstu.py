@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 
 from recbole_align.errors import AlignError
-from recbole_align.model.reward_head import RewardHead
+from recbole_align.model.policy import NextItemPolicy, next_step
 
 
 @torch.no_grad()
@@ -26,14 +26,6 @@ def time_bucket(gaps, num_buckets=128):
     """
     buckets = gaps.abs().float().clamp_(min=1).log_().div_(0.301).floor_()
     return buckets.clamp_(0, num_buckets).long()
-
-
-def next_step(seq_list, seq_len, target):
-    """``seq_list`` shifted left by one, with ``target`` at index seq_len - 1 and zeros after it."""
-    shifted = torch.cat([seq_list[:, 1:], torch.zeros_like(seq_list[:, :1])], dim=1)
-    shifted = shifted.scatter(1, (seq_len - 1).unsqueeze(1), target.to(seq_list.dtype).unsqueeze(1))
-    valid = torch.arange(seq_list.size(1), device=seq_list.device) < seq_len.unsqueeze(1)
-    return shifted * valid
 
 
 def sampled_dot_products(states, items, samples):
@@ -151,13 +143,12 @@ class HSTUEncoder(nn.Module):
         return F.normalize(x, dim=-1, eps=1e-6) * valid
 
 
-class HSTU(SequentialRecommender):
+class HSTU(NextItemPolicy, SequentialRecommender):
     """HSTU trained with the all-position next-item loss: sampled softmax ('SSM') or exact softmax ('CE').
 
     Logits are cosine(user output, item embedding) / temperature over items 1..n_items-1 (0 is padding).
     """
 
-    all_position_training = True
     # config keys that fix the network's shape and policy; a post-training run takes them from its BC checkpoint
     architecture_keys = (
         "embedding_size", "n_layers", "n_heads", "attention_dim", "linear_dim", "num_buckets",
@@ -173,8 +164,6 @@ class HSTU(SequentialRecommender):
                 f"HSTU needs a timestamp field (TIME_FIELD={self.TIME!r}) and its history "
                 f"'{self.TIME_SEQ}': load it with load_col, e.g. inter: [user_id, item_id, timestamp]."
             )
-        self.RATING = config["RATING_FIELD"]
-        self.RATING_SEQ = f"{self.RATING}{config['LIST_SUFFIX']}"
         self.temperature = config["temperature"]
         self.num_negatives = config["num_negatives"]
         self.loss_type = config["loss_type"]
@@ -191,12 +180,7 @@ class HSTU(SequentialRecommender):
             dropout=config["dropout_prob"],
             num_buckets=config["num_buckets"],
         )
-        self.reward_loss_weight = config["reward_loss_weight"]
-        self.reward_head = None
-        if config["reward_head"]:
-            if self.RATING not in dataset.inter_feat:
-                raise AlignError(f"reward_head=True needs ratings: load the [{self.RATING}] field (RATING_FIELD).")
-            self.reward_head = RewardHead(config["embedding_size"], dataset.inter_feat[self.RATING].float().mean())
+        self.init_policy(config, dataset, config["embedding_size"])
 
     @property
     def item_embedding(self):
@@ -207,13 +191,11 @@ class HSTU(SequentialRecommender):
         """Normalised outputs [B, L, d] at every position (see HSTUEncoder.forward)."""
         return self.encoder(item_seq, item_seq_len, time_seq, next_time_seq)
 
-    def _next_times(self, interaction):
-        seq_len = interaction[self.ITEM_SEQ_LEN]
-        return next_step(interaction[self.TIME_SEQ], seq_len, interaction[self.TIME])
-
-    def _outputs(self, interaction):
+    def sequence_outputs(self, interaction):
+        """Outputs [B, L, d]; position t is conditioned on the timestamp of the item it predicts."""
         item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        return self.forward(item_seq, seq_len, interaction[self.TIME_SEQ], self._next_times(interaction))
+        next_times = next_step(interaction[self.TIME_SEQ], seq_len, interaction[self.TIME])
+        return self.forward(item_seq, seq_len, interaction[self.TIME_SEQ], next_times)
 
     def item_vectors(self):
         """L2-normalised item embeddings [n_items, d] (row 0 is padding)."""
@@ -225,60 +207,19 @@ class HSTU(SequentialRecommender):
         logits[..., 0] = float("-inf")
         return logits
 
-    def predict_reward(self, states, items):
-        """The reward head's predicted rating r̂(s, a): states [..., d], item ids [...] -> [...]."""
-        return self.reward_head(states, self.item_vectors()[items])
-
-    def position_states(self, interaction):
-        """Outputs at the M valid positions [M, d], the items they predict [M] and the mask [B, L]."""
-        item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
-        mask = torch.arange(item_seq.size(1), device=item_seq.device) < seq_len.unsqueeze(1)
-        targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
-        return self._outputs(interaction)[mask], targets, mask
-
-    def position_losses(self, interaction, position_states=None):
-        """-log pi(a_t | s_t) at every position (``position_states``: this batch's, if already computed).
-
-        Returns (loss [B, L], zero at padding; mask [B, L]; next ratings [B, L] or None without ratings).
-        """
-        seq_len = interaction[self.ITEM_SEQ_LEN]
-        states, targets, mask = position_states or self.position_states(interaction)
+    def position_nll(self, states, targets):
+        """-log pi(target | state): exact softmax ('CE') or sampled softmax ('SSM': num_negatives
+        uniform draws from items 1..n_items-1 per position, the target's own draws masked)."""
         if self.loss_type == "CE":
-            valid_loss = F.cross_entropy(self.catalogue_logits(states), targets, reduction="none")
-        else:  # sampled softmax: num_negatives uniform draws from items 1..n_items-1 per position
-            items = self.item_vectors()
-            shape = (len(targets), self.num_negatives)
-            negatives = torch.randint(1, self.n_items, shape, device=targets.device)
-            pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
-            neg_logits = sampled_dot_products(states, items, negatives) / self.temperature
-            neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
-            logits = torch.cat([pos_logits, neg_logits], dim=-1)
-            valid_loss = torch.logsumexp(logits, dim=-1) - logits[:, 0]
-        loss = valid_loss.new_zeros(mask.shape).masked_scatter(mask, valid_loss)
-        next_rating = None
-        if self.RATING_SEQ in interaction and self.RATING in interaction:
-            next_rating = next_step(interaction[self.RATING_SEQ], seq_len, interaction[self.RATING])
-        return loss, mask, next_rating
-
-    def calculate_loss(self, interaction):
-        """Mean next-item loss over every valid position of the batch (= sum(w l) / sum(w)); with the
-        reward head, + reward_loss_weight * (1/M) sum_m (r̂(s_m, a_m) - r_m)^2 over the same positions,
-        whose gradient also trains the trunk and the item embeddings (co-training, as the paper)."""
-        position_states = self.position_states(interaction)
-        loss, mask, next_rating = self.position_losses(interaction, position_states)
-        loss = loss.sum() / mask.sum()
-        if self.reward_head is None:
-            return loss
-        states, targets, _ = position_states
-        return loss + self.reward_loss_weight * F.mse_loss(self.predict_reward(states, targets), next_rating[mask])
-
-    def user_state(self, interaction):
-        """Normalised output at position item_length - 1, conditioned on the target's timestamp: [B, d]."""
-        return self.gather_indexes(self._outputs(interaction), interaction[self.ITEM_SEQ_LEN] - 1)
+            return super().position_nll(states, targets)
+        items = self.item_vectors()
+        negatives = torch.randint(1, self.n_items, (len(targets), self.num_negatives), device=targets.device)
+        pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
+        neg_logits = sampled_dot_products(states, items, negatives) / self.temperature
+        neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
+        logits = torch.cat([pos_logits, neg_logits], dim=-1)
+        return torch.logsumexp(logits, dim=-1) - logits[:, 0]
 
     def predict(self, interaction):
         items = self.item_vectors()[interaction[self.ITEM_ID]]
         return (self.user_state(interaction) * items).sum(-1) / self.temperature
-
-    def full_sort_predict(self, interaction):
-        return self.catalogue_logits(self.user_state(interaction))
