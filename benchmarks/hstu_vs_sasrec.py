@@ -66,7 +66,7 @@ def table(results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--data_path", required=True, help="folder holding <dataset>/<dataset>.inter")
     parser.add_argument("--dataset", default="ml-1m-half")
     parser.add_argument("--output_dir", default="benchmarks/results/hstu_vs_sasrec")

@@ -70,7 +70,7 @@ def trace(method, results):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter")
     parser.add_argument("--dataset", default="ml-1m-half")
     parser.add_argument("--output_dir", default="benchmarks/results/post_training")

@@ -379,7 +379,7 @@ def run_benchmark(args, user_args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", default="ml-100k")
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter")
     parser.add_argument("--seeds", default="[2020]", help='e.g. "[2020,2021,2022]"')

@@ -168,7 +168,7 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", required=True, help="dataset name")
     parser.add_argument("--pretrained_checkpoint", required=True, help="BC checkpoint with a reward head: the judge")
     parser.add_argument("--checkpoints", default="", help="space-separated post-trained checkpoints to score")

@@ -295,7 +295,7 @@ def main(argv=None):
     The overrides reach RecBole as ``config_dict`` (and ``sys.argv`` is emptied), so that a nested
     run such as the BC stage can still set its own checkpoint and results files.
     """
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--model", "-m", default="HSTU", help="recbole-align or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")

@@ -145,7 +145,7 @@ def run_sweep(model, dataset, lambdas, output_dir, config_files=None, config_dic
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", "-m", default="ExpRSFT", help="post-training model that reads reward_lambda")
     parser.add_argument("--dataset", "-d", default="ml-100k")
     parser.add_argument("--reward_lambda_values", default="[0.1,0.25,0.5,1,2,5]", help="list of λ > 0")
