@@ -111,13 +111,15 @@ class AlignTrainerMixin:
         }
 
     def load_resume_state(self, state):
+        """Take back :meth:`resume_state`; the random states are restored when fit() starts."""
         self.saved_model_file = state["best_checkpoint"]
         self.best_valid_result = state["best_valid_result"]
         self.epoch_log = state["epoch_log"]
         self.resumed_rng = state["rng"]
 
     def _save_last_state(self, epoch, train_data):
-        """RecBole's checkpoint of this epoch plus :meth:`resume_state`, written atomically."""
+        """The keys of RecBole's ``_save_checkpoint`` for this epoch plus :meth:`resume_state`, written
+        atomically (an interruption while writing leaves the previous epoch's file)."""
         state = {
             "config": self.config,
             "epoch": epoch,
@@ -142,7 +144,7 @@ class AlignTrainerMixin:
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's fit, saving the last state after each validated epoch; a resumed run restores the
         random states first, and one whose training had ended (``epochs`` reached or stopped early)
-        only keeps its best checkpoint for the evaluation."""
+        trains nothing, leaving its best checkpoint to the evaluation."""
         if self.resumed_rng is not None:
             if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
                 self.logger.info(f"training ended before epoch {self.start_epoch}: nothing to resume, evaluating")
