@@ -28,7 +28,11 @@ import yaml
 from recbole.trainer import HyperTuning
 
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import build_config, command_line_overrides, run_recbole_align
+from recbole_align.quick_start import (
+    build_config,
+    command_line_overrides,
+    run_recbole_align,
+)
 from recbole_align.sweep import bc_checkpoint
 
 

@@ -5,8 +5,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, tiny
+
 from recbole_align import hyper
 
 

@@ -3,8 +3,8 @@
 import sys
 
 import pytest
-
 from conftest import tiny
+
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 from recbole_align.quick_start import command_line_overrides, run_recbole_align
