@@ -1,4 +1,5 @@
-"""Loading the behaviour-cloning (BC) checkpoint that every post-training method starts from."""
+"""Loading the behaviour-cloning (BC) checkpoint that every post-training method starts from, and
+checking the last-epoch state that a resumed run continues."""
 
 from pathlib import Path
 
@@ -6,17 +7,47 @@ from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 
 
-def read_pretrained(checkpoint_path):
-    """The checkpoint dict (config, state_dict, ...) at ``checkpoint_path``, or a clear error."""
+def read_pretrained(checkpoint_path, key="pretrained_checkpoint"):
+    """The checkpoint dict (config, state_dict, ...) at ``checkpoint_path``, or a clear error that
+    names the config ``key`` it came from."""
     path = Path(checkpoint_path)
     if not path.is_file():
-        raise AlignError(f"pretrained_checkpoint [{path}] does not exist.")
+        raise AlignError(f"{key} [{path}] does not exist.")
     try:
         checkpoint = load_checkpoint(path)
         checkpoint["config"]["model"], checkpoint["state_dict"].items()
     except Exception as error:  # torch raises many types for a corrupt or foreign file
-        raise AlignError(f"pretrained_checkpoint [{path}] is not a readable RecBole checkpoint ({error}).") from None
+        raise AlignError(f"{key} [{path}] is not a readable RecBole checkpoint ({error}).") from None
     return checkpoint
+
+
+def check_resume(config):
+    """Refuse a ``resume`` file that cannot continue this run: not a last-epoch state
+    (``<checkpoint>.last.pth``), another model or dataset, another BC checkpoint or checkpoint_file,
+    or a best checkpoint gone missing. A post-training run without ``pretrained_checkpoint`` takes
+    the resumed run's."""
+    path = config["resume"]
+    state = read_pretrained(path, "resume")
+    if "resume" not in state:
+        raise AlignError(
+            f"resume [{path}] holds no training state: give the <checkpoint>.last.pth file written next "
+            f"to the checkpoint."
+        )
+    saved_config, best = state["config"], state["resume"]["best_checkpoint"]
+    ran, runs = (saved_config["model"], saved_config["dataset"]), (config["model"], config["dataset"])
+    if ran != runs:
+        raise AlignError(f"resume [{path}] is a run of [{ran[0]}] on [{ran[1]}], not of [{runs[0]}] on [{runs[1]}].")
+    from recbole_align.quick_start import model_class_of
+
+    if model_class_of(saved_config) is not model_class_of(config):
+        raise AlignError(f"resume [{path}] trained backbone [{saved_config['backbone']}], not [{config['backbone']}].")
+    if not config["pretrained_checkpoint"]:
+        config["pretrained_checkpoint"] = saved_config["pretrained_checkpoint"]
+    for key, resumed in (("pretrained_checkpoint", saved_config["pretrained_checkpoint"]), ("checkpoint_file", best)):
+        if config[key] and str(config[key]) != str(resumed):
+            raise AlignError(f"resume [{path}] continues a run with {key} [{resumed}], not [{config[key]}].")
+    if not Path(best).is_file():
+        raise AlignError(f"resume [{path}]: the run's best checkpoint [{best}] is missing.")
 
 
 def adopt_architecture(config, checkpoint, model_class):

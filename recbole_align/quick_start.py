@@ -20,16 +20,17 @@ from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.model.backbone import post_trainable
 from recbole_align.model.policy import NextItemPolicy
-from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
+from recbole_align.pretrained import adopt_architecture, check_resume, load_pretrained, read_pretrained
 from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
 from recbole_align.trainer import with_align_evaluation
+from recbole_align.trainer.align_trainer import last_state_file
 
 EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
 # Config keys that do not change what a BC stage learns, left out of its reuse key.
 RUN_ONLY_KEYS = {
     "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
     "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
-    "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint",
+    "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
 }
 
 
@@ -130,7 +131,8 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     """The BC checkpoint a post-training run starts from: trained by a nested ``BC`` run of the
     backbone (``backbone`` config key) on the same data and config, with a reward head if the method's
     trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
-    whose BC config is the same (the key hashes that config)."""
+    whose BC config is the same (the key hashes that config). An interrupted BC stage resumes from
+    its last validated epoch when the run is started again."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
     if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
@@ -148,9 +150,14 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
         return str(path)
     logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
     partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
-    bc_dict.update(checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")))
+    last = Path(last_state_file(partial))
+    bc_dict.update(
+        checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")),
+        resume=str(last) if last.is_file() else None,
+    )
     run_recbole_align("BC", dataset, config_file_list, bc_dict)
     partial.replace(path)
+    last.unlink(missing_ok=True)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
     return str(path)
 
@@ -169,9 +176,12 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     Returns the results dict that is also written as JSON to ``results_file`` (default: next to
     the checkpoint): model, dataset, seed, {valid,test}[_filtered] metrics, case counts,
     checkpoint, timings, the per-epoch log and, for a model with a reward head, ``avg_reward``
-    (its generations on the test cases scored by the BC checkpoint's reward head).
+    (its generations on the test cases scored by the BC checkpoint's reward head). With ``resume``
+    (a ``<checkpoint>.last.pth``) it continues that run from its last validated epoch.
     """
     config, spec = build_config(model, dataset, config_file_list, config_dict)
+    if config["resume"]:
+        check_resume(config)
     writable_folder(config["checkpoint_dir"], "checkpoint_dir")
     if config["results_file"]:
         writable_folder(Path(config["results_file"]).parent, "The folder of results_file")
@@ -207,6 +217,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     recommender = recommender.to(config["device"])
     logger.info(recommender)
     trainer = spec.trainer_class(config, recommender)
+    if config["resume"]:
+        trainer.resume_checkpoint(config["resume"])
 
     start = time()
     trainer.fit(train_data, loaders["valid_filtered"], saved=saved, show_progress=config["show_progress"])

@@ -1,7 +1,9 @@
 """RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
 
 import os
+import random
 import resource
+from pathlib import Path
 from time import time
 
 import numpy as np
@@ -10,8 +12,14 @@ import torch.optim as optim
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
-from recbole_align.compat import full_checkpoint_loading
+from recbole_align.compat import full_checkpoint_loading, load_checkpoint
 from recbole_align.errors import AlignError
+
+
+def last_state_file(checkpoint_file):
+    """Where a run whose best checkpoint is ``checkpoint_file`` keeps the state of its last validated
+    epoch: ``<checkpoint>.last.pth``."""
+    return str(Path(checkpoint_file).with_suffix(".last.pth"))
 
 
 class AlignTrainerMixin:
@@ -24,12 +32,16 @@ class AlignTrainerMixin:
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
       statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
-    * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`).
+    * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
+    * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
+      :meth:`resume_state`) goes to :func:`last_state_file`, which ``resume_checkpoint`` continues
+      exactly (see ``resume`` in properties/overall.yaml).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.epoch_log = []
+        self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
 
@@ -81,9 +93,77 @@ class AlignTrainerMixin:
         with full_checkpoint_loading():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
+    def resume_state(self, train_data):
+        """What continuing exactly needs beyond RecBole's checkpoint: the best checkpoint's path and
+        result, the epoch log and the random states (the train loader's shuffling included).
+        Subclasses with their own training state extend it and :meth:`load_resume_state`."""
+        return {
+            "best_checkpoint": self.saved_model_file,
+            "best_valid_result": self.best_valid_result,
+            "epoch_log": self.epoch_log,
+            "rng": {
+                "random": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "train_data": train_data.generator.get_state(),
+            },
+        }
+
+    def load_resume_state(self, state):
+        """Take back :meth:`resume_state`; the random states are restored when fit() starts."""
+        self.saved_model_file = state["best_checkpoint"]
+        self.best_valid_result = state["best_valid_result"]
+        self.epoch_log = state["epoch_log"]
+        self.resumed_rng = state["rng"]
+
+    def _save_last_state(self, epoch, train_data):
+        """The keys of RecBole's ``_save_checkpoint`` for this epoch plus :meth:`resume_state`, written
+        atomically (an interruption while writing leaves the previous epoch's file)."""
+        state = {
+            "config": self.config,
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "resume": self.resume_state(train_data),
+        }
+        path = last_state_file(self.saved_model_file)
+        torch.save(state, f"{path}.tmp", pickle_protocol=4)
+        os.replace(f"{path}.tmp", path)
+
     def resume_checkpoint(self, resume_file):
+        """RecBole's resume (epoch, early-stopping counter, best score, model, optimizer) from a
+        :func:`last_state_file`, then this trainer's :meth:`resume_state`."""
         with full_checkpoint_loading():
             super().resume_checkpoint(resume_file)
+            self.load_resume_state(load_checkpoint(resume_file)["resume"])
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's fit, saving the last state after each validated epoch; a resumed run restores the
+        random states first, and one whose training had ended (``epochs`` reached or stopped early)
+        trains nothing, leaving its best checkpoint to the evaluation."""
+        if self.resumed_rng is not None:
+            if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
+                self.logger.info(f"training ended before epoch {self.start_epoch}: nothing to resume, evaluating")
+                return self.best_valid_score, self.best_valid_result
+            rng = self.resumed_rng
+            random.setstate(rng["random"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            train_data.generator.set_state(rng["train_data"])
+
+        def after_validation(epoch_idx, valid_score):
+            if saved:
+                self._save_last_state(epoch_idx, train_data)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
 
     def best_epoch(self):
         """The epoch of the saved (best) checkpoint: the last one with the best filtered valid score,

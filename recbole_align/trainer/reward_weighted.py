@@ -246,7 +246,8 @@ class RewardWeightedTrainer(AlignTrainer):
     (exp | linear | drpo), ``weight_normalization`` (mean | sum) and the keys of the weight functions.
     Each epoch adds to ``epoch_log`` and to the training log line: ``mean_weight`` (mean w over the
     epoch's positions), ``ess_share`` (effective sample size (sum w)^2 / sum w^2 as a share of the
-    positions) and, for DRPO, ``drpo_keep_fraction`` (share of positions kept).
+    positions) and, for DRPO, ``drpo_keep_fraction`` (share of positions kept). DRPO's adaptive P
+    is part of the resume state.
     """
 
     def __init__(self, config, model):
@@ -262,7 +263,19 @@ class RewardWeightedTrainer(AlignTrainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         ratings = training_ratings(train_data._dataset, self.config)
         self.settings = resolve_settings(self.config, ratings)
+        if self.controller is not None:  # P0, or the P a resumed run had reached
+            self.settings["drpo_keep_fraction"] = self.controller.p
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+
+    def resume_state(self, train_data):
+        state = super().resume_state(train_data)
+        state["drpo_keep_fraction"] = self.controller.p if self.controller is not None else None
+        return state
+
+    def load_resume_state(self, state):
+        super().load_resume_state(state)
+        if self.controller is not None:
+            self.controller.p = state["drpo_keep_fraction"]
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self._totals = torch.zeros(4, dtype=torch.float64, device=self.device)

@@ -1,0 +1,107 @@
+"""--resume: a run interrupted after epoch 1 and resumed ends exactly as an uninterrupted run."""
+
+import sys
+
+import pytest
+from conftest import tiny
+
+from recbole_align.compat import load_checkpoint
+from recbole_align.errors import AlignError
+from recbole_align.quick_start import command_line_overrides, run_recbole_align
+from recbole_align.trainer import AlignTrainerMixin
+
+COMPARED = ("valid", "test", "valid_filtered", "test_filtered", "best_epoch", "epochs_run")
+
+
+class Interrupted(Exception):
+    pass
+
+
+def run(model, data_path, folder, name, *overrides):
+    """run_recbole_align in-process on the slice, tiny, with checkpoint and results under ``folder``."""
+    args = tiny(
+        f"--data_path={data_path}", f"--checkpoint_dir={folder}", f"--checkpoint_file={folder / name}.pth",
+        f"--results_file={folder / name}.json", *overrides,
+    )
+    return run_recbole_align(model, "ml-100k-slice", config_dict=command_line_overrides(args))
+
+
+def interrupted_then_resumed(monkeypatch, model, data_path, folder, *overrides):
+    """The results of a run killed when its epoch 2 starts, then run again with --resume."""
+    train_epoch = AlignTrainerMixin._train_epoch
+
+    def dies_in_epoch_2(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise Interrupted
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AlignTrainerMixin, "_train_epoch", dies_in_epoch_2)
+        with pytest.raises(Interrupted):
+            run(model, data_path, folder, "cut", *overrides)
+    first_epochs = load_checkpoint(folder / "cut.last.pth")["resume"]["epoch_log"]
+    results = run(model, data_path, folder, "cut", *overrides, f"--resume={folder / 'cut.last.pth'}")
+    assert results["epoch_log"][:2] == first_epochs  # epochs 0-1 come from the file, not retrained
+    return results
+
+
+def assert_same_run(resumed, uninterrupted):
+    for key in COMPARED:
+        assert resumed[key] == uninterrupted[key], key
+    for a, b in zip(resumed["epoch_log"], uninterrupted["epoch_log"], strict=True):
+        assert {k: v for k, v in a.items() if k != "train_seconds"} == {
+            k: v for k, v in b.items() if k != "train_seconds"
+        }
+
+
+@pytest.fixture(scope="module")
+def bc_run(ml100k_slice, tmp_path_factory):
+    """An uninterrupted 3-epoch tiny HSTU run (also the BC checkpoint of the post-training test)."""
+    folder = tmp_path_factory.mktemp("bc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", sys.argv[:1])  # RecBole's Config reads --key=value from sys.argv
+        return folder, run("HSTU", ml100k_slice, folder, "full", "--epochs=3")
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+
+
+def test_bc_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path, bc_run):
+    resumed = interrupted_then_resumed(monkeypatch, "HSTU", ml100k_slice, tmp_path, "--epochs=3")
+    assert_same_run(resumed, bc_run[1])
+    assert resumed["checkpoint"] == str(tmp_path / "cut.pth")
+
+
+def test_drpo_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path, bc_run):
+    # DRPO: its adaptive kept fraction P is trainer state that the resume file must carry
+    bc = f"--pretrained_checkpoint={bc_run[1]['checkpoint']}"
+    uninterrupted = run("DRPO", ml100k_slice, tmp_path, "full", "--epochs=3", bc)
+    resumed = interrupted_then_resumed(monkeypatch, "DRPO", ml100k_slice, tmp_path, "--epochs=3", bc)
+    assert_same_run(resumed, uninterrupted)
+    assert resumed["epoch_log"][2]["drpo_keep_fraction"] != resumed["epoch_log"][0]["drpo_keep_fraction"]
+
+
+def test_resuming_an_ended_run_only_evaluates(ml100k_slice, tmp_path, bc_run):
+    folder, full = bc_run
+    again = run("HSTU", ml100k_slice, folder, "full", "--epochs=3", f"--resume={folder / 'full.last.pth'}")
+    assert_same_run(again, full)
+    assert again["epoch_log"] == full["epoch_log"]  # nothing retrained
+
+
+@pytest.mark.parametrize(
+    "model, resume, overrides, message",
+    [
+        ("HSTU", "missing.last.pth", [], "resume [{folder}/missing.last.pth] does not exist"),
+        ("HSTU", "full.pth", [], "holds no training state: give the <checkpoint>.last.pth"),
+        ("DRPO", "full.last.pth", [], "is a run of [HSTU] on [ml-100k-slice], not of [DRPO]"),
+        ("HSTU", "full.last.pth", ["--checkpoint_file=other.pth"], "continues a run with checkpoint_file"),
+    ],
+)
+def test_resume_errors(ml100k_slice, bc_run, model, resume, overrides, message):
+    folder = bc_run[0]
+    args = tiny(f"--data_path={ml100k_slice}", f"--resume={folder / resume}", *overrides)
+    with pytest.raises(AlignError) as error:
+        run_recbole_align(model, "ml-100k-slice", config_dict=command_line_overrides(args))
+    assert message.format(folder=folder) in str(error.value)
