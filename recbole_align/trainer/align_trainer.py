@@ -6,12 +6,32 @@ from time import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.optim as optim
+from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
-from recbole_align.compat import full_checkpoint_loading
+from recbole_align.compat import full_checkpoint_loading, trainer_on_any_device
+from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError
+
+
+class CaseGatheringCollector(Collector):
+    """RecBole's evaluation Collector for a multi-process run: its data struct holds the per-case rows
+    of every rank, in case order, so that every rank computes the metrics of all the cases exactly as
+    one process does. (RecBole 1.2.1 instead averages the ranks' rounded metrics, weighted by their
+    numbers of batches, and counts the cases that its DistributedSampler repeats twice.)"""
+
+    CASE_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
+    n_cases = None  # the number of cases of the evaluation under way, set by the trainer
+
+    def get_data_struct(self):
+        struct = super().get_data_struct()
+        for key in self.CASE_KEYS:
+            if key in struct:
+                struct[key] = gather_cases(struct[key].to(self.device), self.n_cases).cpu()
+        return struct
 
 
 class AlignTrainerMixin:
@@ -24,11 +44,16 @@ class AlignTrainerMixin:
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
       statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
-    * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`).
+    * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
+    * multi-process runs on CPU too, with the metrics of all the cases (:class:`CaseGatheringCollector`),
+      and the best checkpoint loaded only once rank 0 has written it.
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        with trainer_on_any_device():
+            super().__init__(config, model)
+        if not config["single_spec"]:
+            self.eval_collector = CaseGatheringCollector(config)
         self.epoch_log = []
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
@@ -78,8 +103,16 @@ class AlignTrainerMixin:
         return interaction, scores, positive_u, positive_i
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not self.config["single_spec"]:
+            self.eval_collector.n_cases = eval_data.sample_size
+            if load_best_model:
+                dist.barrier()  # the checkpoint is complete once rank 0 reaches this point
         with full_checkpoint_loading():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+    def _map_reduce(self, result, num_sample):
+        """The result itself: it is already over every rank's cases (see CaseGatheringCollector)."""
+        return result
 
     def resume_checkpoint(self, resume_file):
         with full_checkpoint_loading():
