@@ -106,7 +106,7 @@ class AlignTrainerMixin:
         if not self.config["single_spec"]:
             self.eval_collector.n_cases = eval_data.sample_size
             if load_best_model:
-                dist.barrier()  # the checkpoint is complete once rank 0 reaches this point
+                dist.barrier()  # once all processes are here, each machine's first one has saved it
         with full_checkpoint_loading():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
