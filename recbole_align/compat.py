@@ -1,4 +1,11 @@
-"""The one compatibility fix that RecBole 1.2.1 needs on today's torch (see the README).
+"""Compatibility fixes for RecBole 1.2.1 (see the README), applied without changing RecBole's files.
+
+* Checkpoint loading on torch >= 2.6 (:func:`load_checkpoint`, :func:`full_checkpoint_loading`).
+* Multi-process training on any device: RecBole's ``Config`` always starts the process group with
+  the nccl backend on one GPU per process, and its trainer wraps the model in
+  ``DistributedDataParallel`` with ``device_ids``, which DDP refuses for a CPU model.
+  :func:`join_process_group` takes the backend from the ``dist_backend`` config key and
+  :func:`distributed_data_parallel_on_any_device` drops ``device_ids`` for a CPU model.
 
 torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, but RecBole's checkpoints
 hold its ``Config`` object, so ``Trainer.evaluate(load_best_model=True)`` and
@@ -10,8 +17,11 @@ known breakages (numpy 2, pandas 3, setuptools >= 82 for ray) are avoided by pin
 
 import contextlib
 import os
+from unittest import mock
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 _NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
@@ -33,3 +43,38 @@ def full_checkpoint_loading():
             del os.environ[_NO_WEIGHTS_ONLY]
         else:
             os.environ[_NO_WEIGHTS_ONLY] = previous
+
+
+def join_process_group(config, local_rank):
+    """Make ``config``, built for one process, the config of process ``local_rank`` of a
+    multi-process run, as RecBole's ``Config`` does when its config dict holds ``local_rank``,
+    except that the process group's backend is ``dist_backend`` (default nccl when the run uses
+    CUDA, else gloo) and the process runs on the CPU unless the run uses CUDA (then on GPU
+    ``local_rank``, as in RecBole). Starts the process group (rank ``offset + local_rank`` of
+    ``world_size``, meeting at ``ip``:``port``)."""
+    cuda = config["device"].type == "cuda"
+    config["dist_backend"] = config["dist_backend"] or ("nccl" if cuda else "gloo")
+    dist.init_process_group(
+        backend=config["dist_backend"],
+        rank=config["offset"] + local_rank,
+        world_size=config["world_size"],
+        init_method=f"tcp://{config['ip']}:{config['port']}",
+    )
+    if cuda:
+        config["device"] = torch.device("cuda", local_rank)
+        torch.cuda.set_device(local_rank)
+    config["local_rank"], config["single_spec"] = local_rank, False
+    if local_rank != 0:  # as RecBole: only the first process of a machine logs
+        config["state"], config["show_progress"], config["verbose"] = "error", False, False
+
+
+def distributed_data_parallel_on_any_device(module, device_ids=None, **kwargs):
+    """``DistributedDataParallel(module, ...)``, without ``device_ids`` for a CPU module."""
+    if next(module.parameters()).device.type == "cpu":
+        device_ids = None
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
+
+
+def trainer_on_any_device():
+    """Within the block, RecBole's trainers wrap CPU models in DDP too (see the module docstring)."""
+    return mock.patch("recbole.trainer.trainer.DistributedDataParallel", distributed_data_parallel_on_any_device)

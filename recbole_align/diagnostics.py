@@ -36,6 +36,13 @@ def checkpoint_model(model_class, checkpoint, config, dataset):
     return model.to(config["device"]).eval().requires_grad_(False)
 
 
+def all_cases(eval_loader, batch_size):
+    """The batches of a sequential full-sort ``eval_loader`` over all its cases in order, also in a
+    multi-process run (where the loader itself yields only this process's share)."""
+    for start in range(0, eval_loader.sample_size, batch_size):
+        yield eval_loader.collate_fn(range(start, min(start + batch_size, eval_loader.sample_size)))
+
+
 @torch.no_grad()
 def avg_reward(policy, judge, eval_loader, config):
     """Avg Reward = (1/(C G)) sum_c sum_g r̂(s_c, a_cg), a_cg ~ pi_policy(.|s_c) over the catalogue minus
@@ -47,7 +54,7 @@ def avg_reward(policy, judge, eval_loader, config):
     policy.eval()
     judge.eval()
     total, count = 0.0, 0
-    for interaction, *_ in eval_loader:
+    for interaction, *_ in all_cases(eval_loader, config["eval_batch_size"]):
         interaction = interaction[: limit - count].to(policy.device)
         seq_len = interaction[policy.ITEM_SEQ_LEN]
         rows = torch.arange(len(seq_len), device=policy.device)

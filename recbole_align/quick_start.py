@@ -10,10 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 from time import time
 
+import torch
 from recbole.config import Config
 from recbole.data import data_preparation
-from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import ModelType, get_local_time, get_model, get_trainer, init_logger, init_seed, set_color
 
+from recbole_align.compat import join_process_group
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
@@ -31,6 +33,7 @@ RUN_ONLY_KEYS = {
     "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
     "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
     "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
+    "nproc", "world_size", "ip", "port", "offset", "dist_backend",
 }
 
 
@@ -170,6 +173,16 @@ def _yaml_keys(path):
     return list((yaml.safe_load(Path(path).read_text()) or {}).keys())
 
 
+def evaluation_loaders(config, valid_data, test_data):
+    """The loader of each of EVAL_SPLITS: RecBole's valid and test loaders and their rating-filtered cases."""
+    return {
+        "valid": valid_data,
+        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
+        "test": test_data,
+        "test_filtered": rating_filtered_loader(config, test_data, "test"),
+    }
+
+
 def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):
     """Train ``model`` on ``dataset`` and evaluate it, unfiltered and on the rating-filtered cases.
 
@@ -179,9 +192,13 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     (its generations on the test cases scored by the BC checkpoint's reward head). With ``resume``
     (a ``<checkpoint>.last.pth``) it continues that run from its last validated epoch.
     """
+    config_dict = dict(config_dict or {})
+    local_rank = config_dict.pop("local_rank", None)  # set by run_processes, as RecBole's run_recboles sets it
     config, spec = build_config(model, dataset, config_file_list, config_dict)
     if config["resume"]:
         check_resume(config)
+    if local_rank is not None:
+        join_process_group(config, local_rank)
     writable_folder(config["checkpoint_dir"], "checkpoint_dir")
     if config["results_file"]:
         writable_folder(Path(config["results_file"]).parent, "The folder of results_file")
@@ -192,9 +209,11 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     logger.info(config)
 
     pretrained = None
+    if spec.post_training and not config["pretrained_checkpoint"]:
+        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
+    if config["single_spec"] and (config["nproc"] > 1 or config["world_size"] > 0):
+        return run_processes(config, config_file_list, config_dict, saved)
     if spec.post_training:
-        if not config["pretrained_checkpoint"]:
-            config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
         pretrained = read_pretrained(config["pretrained_checkpoint"])
         for key, (configured, adopted) in adopt_architecture(config, pretrained, spec.model_class).items():
             logger.info(f"{key} = {adopted!r} from the pretrained checkpoint (config said {configured!r})")
@@ -202,12 +221,7 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     data = load_dataset(config, spec.model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    loaders = {
-        "valid": valid_data,
-        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
-        "test": test_data,
-        "test_filtered": rating_filtered_loader(config, test_data, "test"),
-    }
+    loaders = evaluation_loaders(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset)
@@ -250,6 +264,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         "epoch_log": trainer.epoch_log,
         "config": _json_safe(config.final_config_dict),
     }
+    if config["local_rank"] != 0:  # a multi-process run: the first process of each machine reports
+        return results
     if getattr(recommender, "reward_head", None) is not None:
         judge = recommender  # a BC run judges itself; a post-trained model is judged by its BC checkpoint
         if pretrained is not None:
@@ -262,6 +278,57 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     results["results_file"] = str(results_file)
     logger.info(set_color("results written to", "blue") + f": {results_file}")
     return results
+
+
+def run_processes(config, config_file_list=None, config_dict=None, saved=True):
+    """Run ``config`` as RecBole's distributed mode does (``run_recboles``): ``nproc`` processes on
+    this machine, ranks ``offset`` .. ``offset + nproc - 1`` of ``world_size`` (default ``nproc``),
+    each one a :func:`run_recbole_align` with its ``local_rank``. The checkpoint's name is chosen
+    here, so that every process loads the best model that its machine's first process saved.
+    Returns the results that the first process writes."""
+    import torch.multiprocessing as mp
+
+    if config["device"].type == "cuda" and torch.cuda.device_count() < config["nproc"]:
+        raise AlignError(
+            f"nproc={config['nproc']} needs one GPU per process, but gpu_id [{config['gpu_id']}] makes "
+            f"{torch.cuda.device_count()} visible: list {config['nproc']} of them, e.g. --gpu_id=0,1, "
+            f"or set --gpu_id='' to run the processes on the CPU."
+        )
+    checkpoint = config["checkpoint_file"] or str(
+        Path(config["checkpoint_dir"]) / f"{config['model']}-{get_local_time()}.pth"
+    )
+    process_dict = {
+        **(config_dict or {}),
+        "pretrained_checkpoint": config["pretrained_checkpoint"],
+        "checkpoint_file": checkpoint,
+        "nproc": config["nproc"],
+        "world_size": config["world_size"] if config["world_size"] > 0 else config["nproc"],
+    }
+    errors = mp.get_context("spawn").SimpleQueue()
+    try:
+        mp.spawn(
+            _run_process, args=(config["model"], config["dataset"], config_file_list, process_dict, saved, errors),
+            nprocs=config["nproc"],
+        )
+    except mp.ProcessExitedException:
+        if errors.empty():
+            raise
+        raise AlignError(errors.get()) from None
+    results_file = Path(config["results_file"] or Path(checkpoint).with_suffix(".json"))
+    return {**json.loads(results_file.read_text()), "results_file": str(results_file)}
+
+
+def _run_process(local_rank, model, dataset, config_file_list, config_dict, saved, errors):
+    """One process of :func:`run_processes`; an AlignError's message goes back through ``errors``."""
+    torch.set_num_threads(max(1, torch.get_num_threads() // config_dict["nproc"]))  # CPU threads shared out
+    try:
+        run_recbole_align(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
+    except AlignError as error:
+        errors.put(str(error))
+        sys.exit(2)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def writable_folder(folder, what):

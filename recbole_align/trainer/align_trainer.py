@@ -8,12 +8,32 @@ from time import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.optim as optim
+from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
-from recbole_align.compat import full_checkpoint_loading, load_checkpoint
+from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
+from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError
+
+
+class CaseGatheringCollector(Collector):
+    """RecBole's evaluation Collector for a multi-process run: its data struct holds the per-case rows
+    of every rank, in case order, so that every rank computes the metrics of all the cases exactly as
+    one process does. (RecBole 1.2.1 instead averages the ranks' rounded metrics, weighted by their
+    numbers of batches, and counts the cases that its DistributedSampler repeats twice.)"""
+
+    CASE_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
+    n_cases = None  # the number of cases of the evaluation under way, set by the trainer
+
+    def get_data_struct(self):
+        struct = super().get_data_struct()
+        for key in self.CASE_KEYS:
+            if key in struct:
+                struct[key] = gather_cases(struct[key].to(self.device), self.n_cases).cpu()
+        return struct
 
 
 def last_state_file(checkpoint_file):
@@ -36,10 +56,15 @@ class AlignTrainerMixin:
     * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
       :meth:`resume_state`) goes to :func:`last_state_file`, which ``resume_checkpoint`` continues
       exactly (see ``resume`` in properties/overall.yaml).
+    * multi-process runs on CPU too, with the metrics of all the cases (:class:`CaseGatheringCollector`),
+      and the best checkpoint loaded only once rank 0 has written it.
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        with trainer_on_any_device():
+            super().__init__(config, model)
+        if not config["single_spec"]:
+            self.eval_collector = CaseGatheringCollector(config)
         self.epoch_log = []
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
@@ -90,6 +115,10 @@ class AlignTrainerMixin:
         return interaction, scores, positive_u, positive_i
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not self.config["single_spec"]:
+            self.eval_collector.n_cases = eval_data.sample_size
+            if load_best_model:
+                dist.barrier()  # once all processes are here, each machine's first one has saved it
         with full_checkpoint_loading():
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
 
@@ -134,6 +163,10 @@ class AlignTrainerMixin:
         torch.save(state, f"{path}.tmp", pickle_protocol=4)
         os.replace(f"{path}.tmp", path)
 
+    def _map_reduce(self, result, num_sample):
+        """The result itself: it is already over every rank's cases (see CaseGatheringCollector)."""
+        return result
+
     def resume_checkpoint(self, resume_file):
         """RecBole's resume (epoch, early-stopping counter, best score, model, optimizer) from a
         :func:`last_state_file`, then this trainer's :meth:`resume_state`."""
@@ -158,7 +191,7 @@ class AlignTrainerMixin:
             train_data.generator.set_state(rng["train_data"])
 
         def after_validation(epoch_idx, valid_score):
-            if saved:
+            if saved and (self.config["single_spec"] or self.config["local_rank"] == 0):  # as _save_checkpoint
                 self._save_last_state(epoch_idx, train_data)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)

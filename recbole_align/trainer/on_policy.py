@@ -71,8 +71,8 @@ class OnPolicyTrainer(AlignTrainer):
                 f"[{config['pretrained_checkpoint']}] has none: train BC with --reward_head=True, "
                 f"or leave pretrained_checkpoint unset."
             )
+        model.reward_head.requires_grad_(False)  # before DDP (in super().__init__) lists the parameters to reduce
         super().__init__(config, model)
-        model.reward_head.requires_grad_(False)
         self.reference = frozen_copy(model)
         self.sampling_temperature = config["sampling_temperature"]
         self.batch_stats = []

@@ -17,6 +17,7 @@ from numbers import Real
 import torch
 from recbole.utils import FeatureType, set_color
 
+from recbole_align.distributed import broadcast_from_first, gather_batch, world_size
 from recbole_align.errors import AlignError
 from recbole_align.trainer.align_trainer import AlignTrainer
 
@@ -106,14 +107,17 @@ def drpo_weights(rewards, settings):
 WEIGHTS = {"exp": exp_weights, "linear": linear_weights, "drpo": drpo_weights}
 
 
-def mean_normalized(losses, weights):
-    """(1/N) sum w * loss over the N valid positions (Exp-RSFT Algorithm 1)."""
-    return (weights * losses).sum() / len(losses)
+def mean_normalized(losses, weights, batch_weights=None):
+    """(1/N) sum w * loss over the N valid positions of the batch (Exp-RSFT Algorithm 1);
+    ``batch_weights``: the weights of the whole batch when ``losses``, ``weights`` are one rank's share."""
+    return (weights * losses).sum() / len(weights if batch_weights is None else batch_weights)
 
 
-def sum_normalized(losses, weights):
-    """sum w * loss / sum w (self-normalised: any constant factor of w cancels); 0 if every w is 0."""
-    return (weights * losses).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+def sum_normalized(losses, weights, batch_weights=None):
+    """sum w * loss / sum w (self-normalised: any constant factor of w cancels); 0 if every w is 0.
+    ``batch_weights``: the weights of the whole batch when ``losses``, ``weights`` are one rank's share."""
+    total = (weights if batch_weights is None else batch_weights).sum()
+    return (weights * losses).sum() / total.clamp_min(torch.finfo(weights.dtype).tiny)
 
 
 NORMALIZATIONS = {"mean": mean_normalized, "sum": sum_normalized}
@@ -121,11 +125,18 @@ NORMALIZATIONS = {"mean": mean_normalized, "sum": sum_normalized}
 
 def reward_weighted_loss(model, interaction, weighting, settings, normalization):
     """The batch loss of the reward-weighted trainer: (loss, rewards [N], weights [N]) over the N valid
-    positions, from ``model.position_losses`` (-log pi per position and the next item's rating)."""
+    positions, from ``model.position_losses`` (-log pi per position and the next item's rating).
+
+    In a multi-process run the batch is the union of the ranks' batches: the rewards and weights are
+    the whole batch's, computed by rank 0 (DRPO's top fraction is the batch's, its random tie-breaking
+    rank 0's), and each rank's loss is its share of the batch loss times the number of ranks, so
+    that DDP's mean of the ranks' gradients is the gradient of the batch loss.
+    """
     losses, mask, ratings = model.position_losses(interaction)
-    rewards = ratings[mask]
-    weights = WEIGHTS[weighting](rewards, settings)
-    return NORMALIZATIONS[normalization](losses[mask], weights), rewards, weights
+    rewards, own = gather_batch(ratings[mask])
+    weights = broadcast_from_first(WEIGHTS[weighting](rewards, settings))
+    loss = NORMALIZATIONS[normalization](losses[mask], weights[own], weights) * world_size()
+    return loss, rewards, weights
 
 
 class KeepFractionController:

@@ -1,0 +1,127 @@
+"""Multi-process runs (RecBole's distributed mode) on 2 CPU processes with the gloo backend."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import run_cli, tiny
+
+from recbole_align.compat import full_checkpoint_loading
+from recbole_align.pretrained import adopt_architecture, read_pretrained
+from recbole_align.quick_start import (
+    EVAL_SPLITS,
+    build_config,
+    command_line_overrides,
+    data_preparation,
+    evaluation_loaders,
+    load_dataset,
+)
+from recbole_align.trainer import AlignTrainer
+from recbole_align.trainer.reward_weighted import reward_weighted_loss
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+class PositionTable(torch.nn.Module):
+    """A stand-in for a model's position_losses: the loss at (user, position) is softplus(table[user, position])."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.linspace(-2, 2, 20).reshape(4, 5))
+
+    def position_losses(self, batch):
+        losses = torch.nn.functional.softplus(self.table[batch["users"]])
+        return losses, batch["mask"][batch["users"]], batch["ratings"][batch["users"]]
+
+
+BATCH = {  # 4 users; user 0 and 1 hold 9 valid positions, users 2 and 3 hold 3; tied ratings at DRPO's cut
+    "mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]]).bool(),
+    "ratings": torch.tensor([[5, 4, 4, 2, 1], [3, 4, 5, 1, 0], [4, 4, 0, 0, 0], [1, 0, 0, 0, 0]]).float(),
+}
+SETTINGS = {
+    "reward_max": 5.0, "reward_min": 1.0, "reward_lambda": 0.5, "rescale_rewards": False, "drpo_variant": "adaptive",
+    "drpo_keep_fraction": 0.5, "drpo_threshold": None, "drpo_tie_margin": 0.1, "drpo_beta": 0.05,
+}
+METHODS = [("exp", "mean"), ("linear", "sum"), ("drpo", "mean"), ("drpo", "sum")]
+
+
+def batch_gradients(users):
+    """The table's gradient of each method's loss on the batch of ``users``, rank 0's DRPO tie-breaks drawn
+    from seed 0; averaged over the ranks as DDP does in a multi-process run."""
+    gradients = []
+    for weighting, normalization in METHODS:
+        model = PositionTable()
+        torch.manual_seed(0)
+        reward_weighted_loss(model, {**BATCH, "users": users}, weighting, SETTINGS, normalization)[0].backward()
+        if dist.is_initialized():
+            dist.all_reduce(model.table.grad)
+            model.table.grad /= dist.get_world_size()
+        gradients.append(model.table.grad)
+    return gradients
+
+
+def _rank_gradients(rank, port, output):
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://localhost:{port}")
+    gradients = batch_gradients(torch.tensor([[0, 1], [2, 3]][rank]))
+    if rank == 0:
+        torch.save(gradients, output)
+    dist.destroy_process_group()
+
+
+def test_reward_weighted_gradient_is_the_whole_batch_gradient_across_ranks(tmp_path):
+    """Ranks with unequal numbers of positions: DDP's mean of their gradients is the gradient of the
+    whole batch's loss in one process (DRPO's top half and both normalisations taken over the batch)."""
+    mp.spawn(_rank_gradients, args=(free_port(), tmp_path / "grads.pt"), nprocs=2)
+    for method, two, one in zip(METHODS, torch.load(tmp_path / "grads.pt"), batch_gradients(torch.arange(4))):
+        assert torch.allclose(two, one, atol=1e-6), method
+
+
+def evaluate_in_one_process(checkpoint, data_path, tmp_path, monkeypatch):
+    """The metrics of each of EVAL_SPLITS of the HSTU weights in ``checkpoint``, evaluated by one process."""
+    monkeypatch.chdir(tmp_path)  # RecBole's tensorboard folder
+    config_dict = {**command_line_overrides(tiny()), "data_path": str(data_path)}
+    config, spec = build_config("HSTU", "ml-100k-slice", config_dict=config_dict)
+    adopt_architecture(config, read_pretrained(checkpoint), spec.model_class)
+    train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
+    trainer = AlignTrainer(config, spec.model_class(config, train_data._dataset))
+    loaders = evaluation_loaders(config, valid_data, test_data)
+    with full_checkpoint_loading():
+        return {split: dict(trainer.evaluate(loaders[split], model_file=checkpoint)) for split in EVAL_SPLITS}
+
+
+@pytest.fixture(scope="module")
+def drpo_two_processes(tmp_path_factory, ml100k_slice):
+    """DRPO on 2 gloo processes, after its BC stage on 2 processes (the same port, one after the other)."""
+    cwd = tmp_path_factory.mktemp("distributed")
+    process, results = run_cli(
+        cwd, "--model=DRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny(), "--nproc=2",
+        f"--port={free_port()}",
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return results
+
+
+def test_bc_and_drpo_train_on_two_processes(drpo_two_processes):
+    results = drpo_two_processes
+    assert results["config"]["world_size"] == 2 and results["config"]["dist_backend"] == "gloo"
+    assert results["epochs_run"] == 1 and 0 < results["epoch_log"][0]["drpo_keep_fraction"] <= 1
+    bc_results = json.loads(Path(results["pretrained_checkpoint"]).with_suffix(".json").read_text())
+    assert bc_results["config"]["world_size"] == 2 and bc_results["n_test"] == 60
+
+
+def test_two_process_metrics_equal_one_process_evaluation(drpo_two_processes, ml100k_slice, tmp_path, monkeypatch):
+    """The metrics gathered from both processes are those of all the cases: one process evaluating the
+    saved weights finds the same values (RecBole 1.2.1's own gathering counts padded cases twice)."""
+    bc_checkpoint = drpo_two_processes["pretrained_checkpoint"]
+    bc_results = json.loads(Path(bc_checkpoint).with_suffix(".json").read_text())
+    for results, checkpoint in ((bc_results, bc_checkpoint), (drpo_two_processes, drpo_two_processes["checkpoint"])):
+        one_process = evaluate_in_one_process(checkpoint, ml100k_slice, tmp_path, monkeypatch)
+        assert one_process == {split: results[split] for split in EVAL_SPLITS}
