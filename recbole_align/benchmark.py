@@ -95,6 +95,7 @@ def execute(run, dataset, output_dir, config_files, user_args):
         *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
         *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
         f"--results_file={results_file}",
+        *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
     ]
     with open(log_file, "w") as log:
         process = subprocess.run(command, cwd=output_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
