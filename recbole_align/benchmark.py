@@ -299,8 +299,9 @@ def write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, 
         f"# Benchmark: {args.dataset}, backbone {args.backbone}, seeds {seeds}",
         f"Test cases rated >= {sample['eval_rating_threshold']}: {sample['n_test_filtered']} of {sample['n_test']}. "
         f"Mean ± std over {len(seeds)} seed(s) of each run's best epoch (filtered valid NDCG@10); "
-        f"% change from BC's mean; best mean per column in bold. Baselines: RecBole's own training, at most "
-        f"{args.baseline_epochs} epochs. Avg Reward: the seed's BC reward head scoring the policy's samples.",
+        f"% change from BC's mean; best mean per column in bold. Avg Reward: the seed's BC reward head scoring "
+        f"the policy's samples." + (f" Baselines: RecBole's own training, at most {args.baseline_epochs} epochs."
+                                    if any(r.model == r.label and r.model not in METHODS for r in runs) else ""),
         "## Table 3 (rating-filtered test cases)",
         format_table(main_rows, [*COLUMNS, *reward_columns]),
         "## Unfiltered test cases",

@@ -40,7 +40,8 @@ def test_parse_list():
 def benchmark(cwd, data_path, *args):
     command = [
         sys.executable, "-m", "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={data_path}",
-        "--seeds=[2020]", "--methods=[BC,ExpRSFT]", "--baselines=[]", "--sweep_lambda=[1]", "--bc_epochs=2",
+        "--seeds=[2020]", "--methods=[BC,ExpRSFT]", "--baselines=[GRU4Rec]", "--baseline_epochs=1",
+        "--sweep_lambda=[1]", "--bc_epochs=2",
         "--output_dir=out", *[arg for arg in TINY if not arg.startswith("--epochs")], "--epochs=1", *args,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
@@ -55,17 +56,17 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
                  "lambda_sweep.png"):
         assert (out / name).is_file(), name
     runs = sorted((out / "runs").glob("*.json"))
-    assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1"]
+    assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1", "GRU4Rec"]
     table = (out / "table.md").read_text()
     for heading in ("Table 3", "Unfiltered", "Table 2", "Cost", "λ sweep"):
         assert heading in table
-    assert "| BC | " in table and "| ExpRSFT | " in table and "Avg Reward" in table
-    assert process.stdout.count("] ") >= 3 and "left" in process.stdout  # one progress line per run
+    assert "| BC | " in table and "| ExpRSFT | " in table and "| GRU4Rec | " in table and "Avg Reward" in table
+    assert process.stdout.count(" left") == 4  # one progress line per run
 
     stamps = {p: p.stat().st_mtime for p in runs}
     again = benchmark(tmp_path, ml100k_slice)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("(reused)") == 3
+    assert again.stdout.count("(reused)") == 4
     assert {p: p.stat().st_mtime for p in sorted((out / "runs").glob("*.json"))} == stamps
 
     changed = benchmark(tmp_path, ml100k_slice, "--learning_rate=0.01")  # another config: new runs
