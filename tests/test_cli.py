@@ -69,6 +69,9 @@ def without_column(data_path, column, name):
         (["--config_files=nowhere.yaml"], "Config file [nowhere.yaml] does not exist"),
         (["--epochs=3", "--epochs=4"], "Bad configuration: --epochs given twice"),
         (["--epochs", "3"], "Unrecognised argument [--epochs]"),
+        (["--model=ExpRSFT", "--backbone=NoSuchModel"], "Unknown model [NoSuchModel]"),
+        (["--model=BC", "--backbone=BERT4Rec"], "backbone [BERT4Rec] cannot be post-trained"),
+        (["--model=DPO", "--backbone=PPO"], "backbone [PPO] is itself a training method"),
     ],
 )
 def test_clear_errors(tmp_path, ml100k_slice, args, message):
