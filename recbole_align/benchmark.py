@@ -121,6 +121,19 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
     return runs
 
 
+def kind(run):
+    """BC, post-training (methods and the λ sweep) or baseline: runs of one kind cost alike."""
+    return "BC" if run.model == "BC" else "post" if run.model in METHODS else "baseline"
+
+
+def remaining_seconds(runs, spent):
+    """Estimated seconds of ``runs``: the mean of the finished runs of their kind, else of all runs."""
+    overall = [s for seconds in spent.values() for s in seconds]
+    if not overall:
+        return 0.0
+    return sum(np.mean(spent.get(kind(run), overall)) for run in runs)
+
+
 def mean_std(values):
     """(mean, std over seeds; 0 for one seed) of the non-None values, or None if there are none."""
     values = [v for v in values if v is not None]
@@ -358,7 +371,7 @@ def run_benchmark(args, user_args):
     command = " ".join(["python -m recbole_align.benchmark", *sys.argv[1:]])
 
     runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, args.baseline_epochs)
-    start, spent = time(), []
+    start, spent = time(), {}
     for index, run in enumerate(runs, 1):
         if run.model not in ("BC", *baselines):
             bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
@@ -369,9 +382,9 @@ def run_benchmark(args, user_args):
             run.settings["pretrained_checkpoint"] = bc.results["checkpoint"]
         seconds = execute(run, args.dataset, output_dir, config_files, user_args)
         if seconds:
-            spent.append(seconds)
+            spent.setdefault(kind(run), []).append(seconds)
         elapsed = time() - start
-        left = np.mean(spent) * (len(runs) - index) if spent else 0.0
+        left = remaining_seconds(runs[index:], spent)
         status = (f"failed: {run.error}" if run.error else
                   f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
                   + (" (reused)" if not seconds else f" in {seconds:.0f} s"))

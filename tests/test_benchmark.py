@@ -76,3 +76,13 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
 def test_runner_refuses_keys_it_sets_itself(tmp_path, ml100k_slice):
     process = benchmark(tmp_path, ml100k_slice, "--seed=1")
     assert process.returncode == 2 and "sets ['seed'] itself" in process.stderr
+
+
+def test_remaining_time_uses_finished_runs_of_the_same_kind():
+    from recbole_align.benchmark import Run, remaining_seconds
+
+    runs = [Run("BC", "BC", 1, {}), Run("DPO", "DPO", 1, {}), Run("ExpRSFT λ=1", "ExpRSFT", 1, {}),
+            Run("SASRec", "SASRec", 1, {})]
+    spent = {"BC": [100.0], "post": [10.0, 20.0]}
+    assert remaining_seconds(runs, spent) == 100 + 15 + 15 + 45  # no baseline yet: the mean of all runs
+    assert remaining_seconds(runs, {}) == 0
