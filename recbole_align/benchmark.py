@@ -212,14 +212,20 @@ def csv_rows(rows, columns):
     return ["method", "seeds", *(f"{key}_{s}" for key in columns for s in ("mean", "std"))], out
 
 
-def plot_epochs(runs, methods, path, title):
-    """Filtered valid NDCG@10 per post-training epoch of each of ``methods`` (mean over seeds), with
-    BC's best epoch as a dashed line."""
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_epochs(runs, methods, path, title):
+    """Filtered valid NDCG@10 per post-training epoch of each of ``methods`` (mean over seeds), with
+    BC's best epoch as a dashed line."""
+    plt = pyplot()
     curves = {}
     for run in runs:
         if run.label in methods and run.results is not None and run.results["epoch_log"]:
@@ -233,6 +239,7 @@ def plot_epochs(runs, methods, path, title):
             ax.axhline(max(mean), color="grey", linestyle="--", label="BC (best epoch)")
         else:
             ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("post-training epoch")
     ax.set_ylabel("valid NDCG@10 (rating >= threshold)")
     ax.set_title(title)
@@ -244,11 +251,7 @@ def plot_epochs(runs, methods, path, title):
 
 def plot_lambda_sweep(rows, lambdas, path, title):
     """Filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, BC as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     points = [(lam, rows[f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas if f"ExpRSFT λ={lam:g}" in rows]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
@@ -339,7 +342,12 @@ def write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, 
     failed = [f"- {r.label}, seed {r.seed}: {r.error}" for r in runs if r.error]
     if failed:
         parts += ["## Failed runs (left out of the tables)", "\n".join(failed)]
-    parts += [f"Hardware: {hardware()}. Wall time of this invocation: {wall_seconds:.0f} s.", f"    {command}"]
+    trained = sum(r.results["train_seconds"] for r in runs if r.results is not None)
+    parts += [
+        f"Hardware: {hardware()}. Training time of all runs: {trained:.0f} s; wall time of this invocation: "
+        f"{wall_seconds:.0f} s (runs reused from an earlier invocation cost it nothing).",
+        f"    {command}",
+    ]
     (output_dir / "table.md").write_text("\n\n".join(parts) + "\n")
     return "\n\n".join(parts)
 
