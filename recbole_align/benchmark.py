@@ -127,11 +127,12 @@ def kind(run):
 
 
 def remaining_seconds(runs, spent):
-    """Estimated seconds of ``runs``: the mean of the finished runs of their kind, else of all runs."""
-    overall = [s for seconds in spent.values() for s in seconds]
+    """Estimated seconds of ``runs``: the mean of the finished runs with the same label (another
+    seed's), else of their kind, else of all runs. ``spent``: {label or kind: [seconds]}."""
+    overall = [s for key, seconds in spent.items() if key in ("BC", "post", "baseline") for s in seconds]
     if not overall:
         return 0.0
-    return sum(np.mean(spent.get(kind(run), overall)) for run in runs)
+    return sum(np.mean(spent.get(run.label) or spent.get(kind(run), overall)) for run in runs)
 
 
 def mean_std(values):
@@ -390,7 +391,8 @@ def run_benchmark(args, user_args):
             run.settings["pretrained_checkpoint"] = bc.results["checkpoint"]
         seconds = execute(run, args.dataset, output_dir, config_files, user_args)
         if seconds:
-            spent.setdefault(kind(run), []).append(seconds)
+            for key in {run.label, kind(run)}:
+                spent.setdefault(key, []).append(seconds)
         elapsed = time() - start
         left = remaining_seconds(runs[index:], spent)
         status = (f"failed: {run.error}" if run.error else

@@ -83,6 +83,7 @@ def test_remaining_time_uses_finished_runs_of_the_same_kind():
 
     runs = [Run("BC", "BC", 1, {}), Run("DPO", "DPO", 1, {}), Run("ExpRSFT λ=1", "ExpRSFT", 1, {}),
             Run("SASRec", "SASRec", 1, {})]
-    spent = {"BC": [100.0], "post": [10.0, 20.0]}
-    assert remaining_seconds(runs, spent) == pytest.approx(100 + 15 + 15 + 130 / 3)  # no baseline: mean of all
+    spent = {"BC": [100.0], "post": [10.0, 20.0], "DPO": [20.0]}
+    # BC: its own; DPO: another seed's DPO; the λ run: post-training's mean; no baseline yet: the mean of all
+    assert remaining_seconds(runs, spent) == pytest.approx(100 + 20 + 15 + 130 / 3)
     assert remaining_seconds(runs, {}) == 0
