@@ -21,13 +21,13 @@ import json
 import sys
 from pathlib import Path
 
+from recbole_align.benchmark import COLUMNS
 from recbole_align.diagnostics import markdown_table, run_diagnostics
 from recbole_align.pretrained import read_pretrained
 from recbole_align.quick_start import build_config, command_line_overrides, resolve_model
 from recbole_align.sweep import bc_checkpoint, result_row, run_once, write_csv
 
 SPLIT = "test_filtered"
-COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
 # what the trainers log per epoch, shown in the traces
 TRACED = ("mean_weight", "ess_share", "drpo_keep_fraction", "sample_reward", "kl_to_bc", "clip_fraction", "decided_fraction")
 

@@ -37,9 +37,11 @@ import torch
 from recbole_align.diagnostics import PREDICTORS, markdown_table, run_diagnostics, write_table
 from recbole_align.errors import AlignError
 from recbole_align.quick_start import command_line_overrides
+from recbole_align.sweep import parse_lambdas
 
 METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
+COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
 COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
 RUN_SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_align.py"
 
@@ -152,7 +154,7 @@ def aggregate(runs, split):
     for label, results in by_label.items():
         row = {key: mean_std([r[split][key] for r in results]) for _, key in COLUMNS}
         row["avg_reward"] = mean_std([r.get("avg_reward") for r in results])
-        for key in ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"):
+        for key in COST_KEYS:
             row[key] = mean_std([r[key] for r in results])
         row["seeds"] = len(results)
         table[label] = row
@@ -189,11 +191,10 @@ def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
 def cost_table(rows, base="BC"):
     """Seconds per epoch, epochs, training seconds and peak memory (means over seeds), each ÷ BC's."""
     header = ["Method", "s/epoch", "epochs", "train s", "peak MB"]
-    keys = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
     lines = []
     for label, row in rows.items():
         cells = []
-        for key in keys:
+        for key in COST_KEYS:
             mean = row[key][0]
             base_mean = rows.get(base, {}).get(key, (None,))[0]
             ratio = f" ({mean / base_mean:.2f}x)" if label != base and base_mean else ""
@@ -331,8 +332,7 @@ def write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, 
     if table2 is not None:
         parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", table2[0]]
         write_table(output_dir / "reward_model.csv", table2[1], table2[2])
-    cost_keys = ["seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"]
-    write_table(output_dir / "cost.csv", *csv_rows(filtered, cost_keys))
+    write_table(output_dir / "cost.csv", *csv_rows(filtered, COST_KEYS))
     parts += ["## Cost (means over seeds; ratio to BC)", cost_table(filtered)]
     plot_epochs(runs, methods, output_dir / "epochs.png", f"{args.dataset}, backbone {args.backbone}")
     parts.append("![per-epoch filtered valid NDCG@10](epochs.png)")
@@ -359,9 +359,7 @@ def run_benchmark(args, user_args):
     seeds = parse_list(args.seeds, "seeds", int)
     methods = parse_list(args.methods, "methods")
     baselines = parse_list(args.baselines, "baselines") if args.baselines.strip("[] ") else []
-    lambdas = parse_list(args.sweep_lambda, "sweep_lambda", float) if args.sweep_lambda else []
-    if any(lam <= 0 for lam in lambdas):
-        raise AlignError(f"--sweep_lambda values must be > 0; got {lambdas}.")
+    lambdas = parse_lambdas(args.sweep_lambda, "--sweep_lambda") if args.sweep_lambda else []
     if any(m not in METHODS for m in methods):
         raise AlignError(f"--methods must be among {list(METHODS)}; got {methods}.")
     methods = ["BC", *(m for m in methods if m != "BC")]  # every method starts from its seed's BC

@@ -36,15 +36,16 @@ PLOT_METRICS = ("ndcg@10", "hit@10", "mrr")
 PLOT_SPLIT = "test_filtered"
 
 
-def parse_lambdas(text):
-    """"[0.1, 0.5, 2]" -> [0.1, 0.5, 2]; every λ must be a number > 0."""
+def parse_lambdas(text, name="reward_lambda_values"):
+    """"[0.1, 0.5, 2]" -> [0.1, 0.5, 2] (sorted); every λ must be a number > 0, else an error naming
+    the option ``name``."""
     try:
         values = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         values = None
     values = list(values) if isinstance(values, (list, tuple)) else [values]
     if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and v > 0 for v in values):
-        raise AlignError(f"reward_lambda_values must be a list of numbers > 0, e.g. \"[0.1,0.5,2]\"; got {text!r}.")
+        raise AlignError(f"{name} must be a list of numbers > 0, e.g. \"[0.1,0.5,2]\"; got {text!r}.")
     return sorted(values)
 
 

@@ -87,3 +87,18 @@ def test_remaining_time_uses_finished_runs_of_the_same_kind():
     # BC: its own; DPO: another seed's DPO; the λ run: post-training's mean; no baseline yet: the mean of all
     assert remaining_seconds(runs, spent) == pytest.approx(100 + 20 + 15 + 130 / 3)
     assert remaining_seconds(runs, {}) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods=[BC,NoSuchMethod]"], "--methods must be among"),
+    (["--sweep_lambda=[0.5,0]"], "--sweep_lambda must be a list of numbers > 0"),
+    (["--seeds=[]"], "--seeds must be a non-empty list"),
+])
+def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message):
+    from recbole_align.benchmark import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"--output_dir={tmp_path / 'out'}", "--baselines=[]", *args])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
