@@ -16,7 +16,7 @@ from recbole.data import data_preparation
 from recbole.utils import ModelType, get_local_time, get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_align.compat import join_process_group
-from recbole_align.data import AlignSequentialDataset
+from recbole_align.data import AlignSequentialDataset, length_grouped
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
@@ -221,6 +221,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     data = load_dataset(config, spec.model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    if issubclass(spec.model_class, NextItemPolicy):  # the models that trim batches; RecBole's own train as RecBole does
+        train_data = length_grouped(config, train_data)
     loaders = evaluation_loaders(config, valid_data, test_data)
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

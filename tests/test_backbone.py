@@ -111,3 +111,14 @@ def test_sasrec_backbone_bc_then_post_training_cli(tmp_path, ml100k_slice):
     # an HSTU run refuses the SASRec checkpoint
     process, _ = run_cli(tmp_path, "--model=ExpRSFT", *common[:2], *tiny(), f"--pretrained_checkpoint={bc['checkpoint']}")
     assert process.returncode == 2 and "SASRec" in process.stderr and "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize("model_class", [SASRec, GRU4Rec, NARM])
+def test_trimming_to_the_longest_history_changes_no_state_or_loss(model_class, monkeypatch):
+    model = make_backbone(model_class)
+    interaction = batch([[3, 7, 1], [4, 2]], [5, 6])
+    assert model.trimmed(interaction)["item_id_list"].shape == (2, 3)
+    loss, scores = model.calculate_loss(interaction), model.full_sort_predict(interaction)
+    monkeypatch.setattr(model, "trimmed", lambda interaction: interaction)  # the untrimmed window
+    assert torch.allclose(model.calculate_loss(interaction), loss, atol=1e-5)
+    assert torch.allclose(model.full_sort_predict(interaction), scores, atol=1e-4)

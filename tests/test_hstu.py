@@ -43,6 +43,7 @@ def make_model(loss_type="CE", n_items=20, time_field="timestamp", fields=None, 
         "num_buckets": 128,
         "temperature": 0.05,
         "num_negatives": 16,
+        "negative_sharing": "position",
         "loss_type": loss_type,
         "reward_head": False,
         "reward_loss_weight": 1.0,
@@ -122,7 +123,7 @@ def test_all_position_loss_equals_prefix_losses():
     with torch.no_grad():
         whole = make_batch([items[:4]], [times[:4]], [items[4]], [times[4]])
         loss, mask, rating = model.position_losses(whole)
-        assert mask.tolist() == [[True] * 4 + [False] * 4] and rating is None
+        assert mask.tolist() == [[True] * 4] and rating is None  # trimmed to the longest history
         prefix_losses = []
         for k in range(1, 5):
             pl, _, _ = model.position_losses(make_batch([items[:k]], [times[:k]], [items[k]], [times[k]]))
@@ -139,7 +140,7 @@ def test_next_ratings_returned_when_present():
     ratings = ([[4.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], [3.0])
     batch = make_batch([[1, 2]], [[0.0, 1.0]], [3], [2.0], ratings=ratings)
     _, _, rating = model.position_losses(batch)
-    assert rating.tolist() == [[5.0, 3.0] + [0.0] * 6]
+    assert rating.tolist() == [[5.0, 3.0]]  # the batch trimmed to its longest history
 
 
 def test_sampled_softmax_negatives_loss_and_gradients(monkeypatch):
@@ -202,9 +203,63 @@ def test_bucket_lookup_gradient_equals_indexing():
     assert torch.allclose(actual, expected)
 
 
-@pytest.mark.parametrize("n_items", [50, 5000])  # both ways of computing them
-def test_sampled_dot_products(n_items):
-    states, items = torch.randn(6, 4), torch.randn(n_items, 4)
-    samples = torch.randint(0, n_items, (6, 3))
-    expected = torch.stack([items[samples[m]] @ states[m] for m in range(6)])
-    assert torch.allclose(hstu.sampled_dot_products(states, items, samples), expected, atol=1e-5)
+@pytest.mark.parametrize("n_items", [50, 5000])  # both ways of computing the gradient
+def test_sampled_dot_products_and_gradients_equal_dense_ones(n_items):
+    states = torch.randn(2100, 4, dtype=torch.float64, requires_grad=True)  # more rows than one chunk
+    items = torch.randn(n_items, 4, dtype=torch.float64, requires_grad=True)
+    samples = torch.randint(0, n_items, (2100, 3))
+    upstream = torch.randn(2100, 3, dtype=torch.float64)
+    expected = (states @ items.T).gather(1, samples)
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), (states, items))
+    actual = hstu._SampledDotProducts.apply(states, items, samples)
+    actual_grads = torch.autograd.grad((actual * upstream).sum(), (states, items))
+    assert torch.allclose(actual, expected)
+    assert all(torch.allclose(a, e) for a, e in zip(actual_grads, expected_grads))
+
+
+@pytest.mark.parametrize("sharing", hstu.NEGATIVE_SHARING)
+def test_sampled_negative_logits_follow_the_sharing(sharing):
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    states, items = torch.randn(4, 5), torch.randn(30, 5)
+    negatives, products = hstu.sampled_negative_logits(states, items, mask, 7, sharing)
+    assert negatives.shape == products.shape == (4, 7)
+    assert ((negatives >= 1) & (negatives < 30)).all()
+    assert torch.allclose(products, (states.unsqueeze(1) * items[negatives]).sum(-1), atol=1e-5)
+    if sharing != "position":  # the positions of a history (sequence) or of the batch draw the same items
+        assert (negatives[0] == negatives[2]).all()
+    if sharing == "batch":
+        assert (negatives[0] == negatives[3]).all()
+
+
+def test_unknown_negative_sharing_is_refused():
+    with pytest.raises(AlignError, match="negative_sharing"):
+        make_model("SSM", negative_sharing="user")
+
+
+@pytest.mark.parametrize("loss_type,sharing", [("CE", "position"), *(("SSM", s) for s in hstu.NEGATIVE_SHARING)])
+def test_trimming_to_the_longest_history_changes_no_state_loss_or_score(loss_type, sharing, monkeypatch):
+    model = make_model(loss_type, negative_sharing=sharing).eval()
+    batch = make_batch([[3, 7, 5], [11, 12]], [[0.0, DAY, 2 * DAY], [5.0, 500.0]], [9, 13], [3 * DAY, 1e5],
+                       ratings=([[4.0, 5.0, 3.0] + [0.0] * 5, [2.0, 1.0] + [0.0] * 6], [3.0, 4.0]))
+    trimmed = model.trimmed(batch)
+    assert trimmed["item_id_list"].shape == (2, 3) and trimmed["timestamp_list"].shape == (2, 3)
+    assert trimmed["rating_list"].shape == (2, 3) and torch.equal(trimmed["item_id"], batch["item_id"])
+    with torch.no_grad():
+        assert torch.allclose(outputs(model, trimmed), outputs(model, batch)[:, :3], atol=1e-6)
+        torch.manual_seed(1)
+        loss, scores = model.calculate_loss(batch), model.full_sort_predict(batch)
+        monkeypatch.setattr(model, "trimmed", lambda interaction: interaction)  # the untrimmed window
+        torch.manual_seed(1)
+        assert torch.allclose(model.calculate_loss(batch), loss, atol=1e-5)
+        assert torch.allclose(model.full_sort_predict(batch), scores, atol=1e-4)
+
+
+def test_user_states_in_length_sorted_chunks_equal_one_pass():
+    model = make_model().eval()
+    histories = [[3, 7, 5], [11], [1, 2, 3, 4, 5, 6], [8, 9]]
+    times = [[float(i) * DAY for i in range(len(h))] for h in histories]
+    batch = make_batch(histories, times, [9, 13, 7, 1], [10 * DAY] * 4)
+    with torch.no_grad():
+        whole = model.user_state(batch)
+        model.state_chunk_size = 3  # two chunks: the three shortest histories, then the longest
+        assert torch.allclose(model.user_state(batch), whole, atol=1e-6)

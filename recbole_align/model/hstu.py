@@ -28,12 +28,66 @@ def time_bucket(gaps, num_buckets=128):
     return buckets.clamp_(0, num_buckets).long()
 
 
-def sampled_dot_products(states, items, samples):
-    """states [M, d] . items[samples] [M, R, d] -> [M, R]. For catalogues up to 64 R items one GEMM
-    over the whole catalogue and a gather is cheaper than gathering M*R item vectors (same values)."""
-    if items.size(0) <= 64 * samples.size(1):
-        return (states @ items.T).gather(1, samples)
-    return torch.bmm(F.embedding(samples, items), states.unsqueeze(-1)).squeeze(-1)
+class _SampledDotProducts(torch.autograd.Function):
+    """out[m, r] = states[m] . items[samples[m, r]]: [M, d], [N, d], [M, R] -> [M, R], in chunks of rows.
+
+    Costs what the M*R products use: no [M, N] logits and no [M, R, d] tensor is kept. The backward
+    gives grad_states[m] = sum_r g[m, r] items[samples[m, r]] and grad_items[a] = sum_{(m, r):
+    samples[m, r] = a} g[m, r] states[m], through a dense [chunk, N] matrix of g and two GEMMs while the
+    catalogue is small (N <= 64 R), else by gathering and index_add.
+    """
+
+    CHUNK = 1024
+
+    @staticmethod
+    def forward(ctx, states, items, samples):
+        ctx.save_for_backward(states, items, samples)
+        out = states.new_empty(samples.shape)
+        for rows in torch.arange(len(samples), device=samples.device).split(_SampledDotProducts.CHUNK):
+            drawn = items.index_select(0, samples[rows].flatten()).view(len(rows), samples.size(1), -1)
+            out[rows] = (drawn * states[rows].unsqueeze(1)).sum(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        states, items, samples = ctx.saved_tensors
+        grad_states, grad_items = torch.empty_like(states), torch.zeros_like(items)
+        dense = len(items) <= 64 * samples.size(1)
+        for rows in torch.arange(len(samples), device=samples.device).split(_SampledDotProducts.CHUNK):
+            if dense:
+                grad_dense = grad.new_zeros(len(rows), len(items)).scatter_add_(1, samples[rows], grad[rows])
+                grad_items.addmm_(grad_dense.T, states[rows])
+                grad_states[rows] = grad_dense @ items
+            else:
+                drawn = items.index_select(0, samples[rows].flatten()).view(len(rows), samples.size(1), -1)
+                grad_states[rows] = (grad[rows].unsqueeze(-1) * drawn).sum(1)
+                weighted = grad[rows].unsqueeze(-1) * states[rows].unsqueeze(1)
+                grad_items.index_add_(0, samples[rows].flatten(), weighted.flatten(0, 1))
+        return grad_states, grad_items, None
+
+
+NEGATIVE_SHARING = ("position", "sequence", "batch")
+
+
+def sampled_negative_logits(states, items, mask, num_negatives, sharing):
+    """Uniform negatives from items 1..N-1 and their dot products with the M states [M, d] at ``mask``
+    [B, L]: (negatives [M, R], products [M, R]). ``sharing`` says who draws the same R items:
+
+    * position: every position its own draws (the HSTU reference's estimator), M*R products;
+    * sequence: the positions of one history share R draws: one [L, d] x [d, R] GEMM per history;
+    * batch: every position of the batch shares R draws: one [M, d] x [d, R] GEMM.
+    """
+    n_items, device = len(items), states.device
+    if sharing == "position":
+        negatives = torch.randint(1, n_items, (len(states), num_negatives), device=device)
+        return negatives, _SampledDotProducts.apply(states, items, negatives)
+    if sharing == "sequence":
+        drawn = torch.randint(1, n_items, (mask.size(0), num_negatives), device=device)
+        padded = states.new_zeros(*mask.shape, states.size(-1)).masked_scatter(mask.unsqueeze(-1), states)
+        products = torch.bmm(padded, F.embedding(drawn, items).transpose(1, 2))[mask]
+        return drawn.unsqueeze(1).expand(*mask.shape, num_negatives)[mask], products
+    drawn = torch.randint(1, n_items, (num_negatives,), device=device)
+    return drawn.expand(len(states), num_negatives), states @ items[drawn].T
 
 
 class _BucketLookup(torch.autograd.Function):
@@ -166,9 +220,14 @@ class HSTU(NextItemPolicy, SequentialRecommender):
             )
         self.temperature = config["temperature"]
         self.num_negatives = config["num_negatives"]
+        self.negative_sharing = config["negative_sharing"]
         self.loss_type = config["loss_type"]
         if self.loss_type not in ("SSM", "CE"):
             raise AlignError(f"HSTU loss_type must be 'SSM' or 'CE', got {self.loss_type!r}.")
+        if self.negative_sharing not in NEGATIVE_SHARING:
+            raise AlignError(
+                f"negative_sharing must be one of {list(NEGATIVE_SHARING)}, got {self.negative_sharing!r}."
+            )
         self.encoder = HSTUEncoder(
             n_items=self.n_items,
             max_len=self.max_seq_length,
@@ -207,15 +266,16 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         logits[..., 0] = float("-inf")
         return logits
 
-    def position_nll(self, states, targets):
+    def position_nll(self, states, targets, mask):
         """-log pi(target | state): exact softmax ('CE') or sampled softmax ('SSM': num_negatives
-        uniform draws from items 1..n_items-1 per position, the target's own draws masked)."""
+        uniform draws from items 1..n_items-1, drawn per ``negative_sharing``, the target's own draws
+        masked)."""
         if self.loss_type == "CE":
-            return super().position_nll(states, targets)
+            return super().position_nll(states, targets, mask)
         items = self.item_vectors()
-        negatives = torch.randint(1, self.n_items, (len(targets), self.num_negatives), device=targets.device)
+        negatives, products = sampled_negative_logits(states, items, mask, self.num_negatives, self.negative_sharing)
         pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
-        neg_logits = sampled_dot_products(states, items, negatives) / self.temperature
+        neg_logits = products / self.temperature
         neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
         logits = torch.cat([pos_logits, neg_logits], dim=-1)
         return torch.logsumexp(logits, dim=-1) - logits[:, 0]

@@ -4,6 +4,7 @@ states and optional reward head that behaviour cloning and the post-training tra
 
 import torch
 import torch.nn.functional as F
+from recbole.data.interaction import Interaction
 
 from recbole_align.errors import AlignError
 from recbole_align.model.reward_head import RewardHead
@@ -26,17 +27,33 @@ class NextItemPolicy:
     """
 
     all_position_training = True  # every position of a history predicts its next item
+    state_chunk_size = 256  # cases per forward pass of user_state (evaluation)
 
     def init_policy(self, config, dataset, d):
         """Rating fields and, with ``reward_head: True``, a reward head of width ``d``."""
         self.RATING = config["RATING_FIELD"]
-        self.RATING_SEQ = f"{self.RATING}{config['LIST_SUFFIX']}"
+        self.LIST_SUFFIX = config["LIST_SUFFIX"]
+        self.RATING_SEQ = f"{self.RATING}{self.LIST_SUFFIX}"
         self.reward_loss_weight = config["reward_loss_weight"]
         self.reward_head = None
         if config["reward_head"]:
             if self.RATING not in dataset.inter_feat:
                 raise AlignError(f"reward_head=True needs ratings: load the [{self.RATING}] field (RATING_FIELD).")
             self.reward_head = RewardHead(d, dataset.inter_feat[self.RATING].float().mean())
+
+    def trimmed(self, interaction):
+        """The batch with every history field (``*_list``, [B, window]) cut to the batch's longest
+        history. Histories are left-aligned, so only padding goes: the states of the real positions
+        are the same (HSTU's attention keeps the fixed window n as its denominator), at a cost that
+        follows the real lengths instead of the window."""
+        longest = int(interaction[self.ITEM_SEQ_LEN].max())
+        window = interaction[self.ITEM_SEQ].size(1)
+        if longest >= window:
+            return interaction
+        return Interaction({
+            key: value[:, :longest] if key.endswith(self.LIST_SUFFIX) and value.dim() >= 2 else value
+            for key, value in interaction.interaction.items()
+        })
 
     def position_mask(self, item_seq, seq_len):
         """The positions that predict a next item: [B, L] bool (every valid one here)."""
@@ -47,14 +64,17 @@ class NextItemPolicy:
         return self.reward_head(states, self.item_vectors()[items])
 
     def position_states(self, interaction):
-        """States at the M trained positions [M, d], the items they predict [M] and the mask [B, L]."""
+        """States at the M trained positions [M, d], the items they predict [M] and the mask [B, L]
+        (L: the batch's longest history, see :meth:`trimmed`)."""
+        interaction = self.trimmed(interaction)
         item_seq, seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         mask = self.position_mask(item_seq, seq_len)
         targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
         return self.sequence_outputs(interaction)[mask], targets, mask
 
-    def position_nll(self, states, targets):
-        """-log pi(target | state) per row, exact softmax over the catalogue: [M]."""
+    def position_nll(self, states, targets, mask):
+        """-log pi(target | state) per row, exact softmax over the catalogue: [M] (``mask`` [B, L]:
+        where the M positions are, for estimators that share samples within a sequence)."""
         return F.cross_entropy(self.catalogue_logits(states), targets, reduction="none")
 
     def position_losses(self, interaction, position_states=None):
@@ -62,9 +82,10 @@ class NextItemPolicy:
 
         Returns (loss [B, L], zero elsewhere; mask [B, L]; next ratings [B, L] or None without ratings).
         """
+        interaction = self.trimmed(interaction)
         seq_len = interaction[self.ITEM_SEQ_LEN]
         states, targets, mask = position_states or self.position_states(interaction)
-        valid_loss = self.position_nll(states, targets)
+        valid_loss = self.position_nll(states, targets, mask)
         loss = valid_loss.new_zeros(mask.shape).masked_scatter(mask, valid_loss)
         next_rating = None
         if self.RATING_SEQ in interaction and self.RATING in interaction:
@@ -84,7 +105,23 @@ class NextItemPolicy:
         return loss + self.reward_loss_weight * F.mse_loss(self.predict_reward(states, targets), next_rating[mask])
 
     def user_state(self, interaction):
-        """The state at position item_length - 1, which predicts the case's target: [B, d]."""
+        """The state at position item_length - 1, which predicts the case's target: [B, d].
+
+        Computed for chunks of ``state_chunk_size`` cases of similar history length, each trimmed to
+        its longest history: an evaluation batch costs what its real lengths cost, and its memory is
+        that of one chunk (each case's state is its own, so the result is the same)."""
+        seq_len = interaction[self.ITEM_SEQ_LEN]
+        chunks = torch.argsort(seq_len).split(self.state_chunk_size)
+        if len(chunks) == 1:
+            return self._last_state(interaction)
+        parts = [self._last_state(interaction[rows]) for rows in chunks]
+        states = parts[0].new_empty(len(seq_len), parts[0].size(-1))
+        for rows, part in zip(chunks, parts):
+            states[rows] = part
+        return states
+
+    def _last_state(self, interaction):
+        interaction = self.trimmed(interaction)
         return self.gather_indexes(self.sequence_outputs(interaction), interaction[self.ITEM_SEQ_LEN] - 1)
 
     def predict(self, interaction):
