@@ -13,7 +13,7 @@ from test_hstu import DAY, MAX_LEN, make_batch, make_model
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.trainer.dpo import dpo_loss, rank_pairs
-from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_items
+from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_distinct_pairs, sample_items
 from recbole_align.trainer.ppo import ppo_loss
 
 LOG = torch.log
@@ -26,7 +26,9 @@ def test_ppo_loss_against_hand_computed_values():
     log_ref = LOG(torch.tensor([[0.0, 0.25, 0.25, 0.5]]))
     actions, rewards = torch.tensor([[1, 2]]), torch.tensor([[4.0, 2.0]])  # advantages +1, -1
     log_old = LOG(torch.tensor([[0.4, 0.3]]))  # ratios 1.25 (clipped to 1.2) and 1.0
-    loss, stats = ppo_loss(log_pi, log_old, log_ref, actions, rewards, clip_epsilon=0.2, kl_coef=0.1)
+    loss, stats = ppo_loss(
+        log_pi.gather(1, actions), log_old, exact_kl(log_pi, log_ref), rewards, clip_epsilon=0.2, kl_coef=0.1
+    )
     kl = 0.5 * math.log(0.5 / 0.25) + 0.3 * math.log(0.3 / 0.25) + 0.2 * math.log(0.2 / 0.5)
     assert stats["clip_objective"].item() == pytest.approx((1.2 * 1 + 1.0 * -1) / 2)
     assert stats["kl_to_bc"].item() == pytest.approx(kl) and kl == pytest.approx(0.218012, abs=1e-6)
@@ -34,7 +36,8 @@ def test_ppo_loss_against_hand_computed_values():
     assert loss.item() == pytest.approx(-0.1 + 0.1 * kl)
     # without the KL term, the clipped sample (ratio above 1 + eps, positive advantage) gets no gradient;
     # the other gets -(1/MK) * ratio * A = 0.5
-    (grad,) = torch.autograd.grad(ppo_loss(log_pi, log_old, log_ref, actions, rewards, 0.2, 0.0)[0], log_pi)
+    no_kl = ppo_loss(log_pi.gather(1, actions), log_old, exact_kl(log_pi, log_ref), rewards, 0.2, 0.0)[0]
+    (grad,) = torch.autograd.grad(no_kl, log_pi)
     assert grad[0].tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
 
 
@@ -68,21 +71,37 @@ def test_rank_pairs_prefers_the_higher_reward_and_drops_ties():
 
 
 def test_history_mask_and_sampling_never_return_history_or_padding():
-    item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 0, 0, 0, 0, 0]])
-    rows, positions = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 1, 2, 3, 0])
+    item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 0, 0, 0, 0, 0], [4, 6, 7, 8, 1, 2]])  # the last fills the window
+    rows, positions = torch.tensor([0, 0, 0, 0, 1, 2]), torch.tensor([0, 1, 2, 3, 0, 5])
     excluded = history_mask(item_seq, rows, positions, n_items=12)
     for m, (b, t) in enumerate(zip(rows.tolist(), positions.tolist())):
         expected = {0, *item_seq[b, : t + 1].tolist()}
         assert set(excluded[m].nonzero().flatten().tolist()) == expected
     model = make_model(n_items=12).eval()
-    states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    states = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
     log_probs = log_policy(model, states, excluded)
     assert torch.isneginf(log_probs[excluded]).all() and torch.isfinite(log_probs[~excluded]).all()
-    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(5))
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(6))
     draws = sample_items(log_probs, 2000, temperature=50.0)  # nearly flat: would hit history if allowed
     assert not excluded.gather(1, draws).any()
     pairs = sample_items(log_probs, 2, replacement=False)
     assert (pairs[:, 0] != pairs[:, 1]).all() and not excluded.gather(1, pairs).any()
+    pairs = sample_distinct_pairs(log_probs, temperature=50.0)
+    assert (pairs[:, 0] != pairs[:, 1]).all() and not excluded.gather(1, pairs).any()
+
+
+@pytest.mark.parametrize("draws", [8, 2])  # 2: most rows need the fallback draw
+def test_distinct_pairs_follow_sampling_without_replacement(draws):
+    p = torch.tensor([0.0, 0.6, 0.3, 0.1])
+    torch.manual_seed(0)
+    pairs = sample_distinct_pairs(p.log().expand(40000, 4), draws=draws)
+    assert (pairs[:, 0] != pairs[:, 1]).all() and (pairs > 0).all()
+    for first in (1, 2, 3):
+        for second in (1, 2, 3):
+            if first != second:  # P(first, second) = p_first * p_second / (1 - p_first)
+                expected = (p[first] * p[second] / (1 - p[first])).item()
+                frequency = ((pairs[:, 0] == first) & (pairs[:, 1] == second)).float().mean().item()
+                assert frequency == pytest.approx(expected, abs=0.01)
 
 
 def planted_batch(rng, n_users=64, n_items=41):
@@ -246,3 +265,36 @@ def test_benchmark_script_tables_from_a_given_bc_checkpoint(workdir, ml100k_slic
     table = (out / "table.md").read_text()
     assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | Avg Reward |" in table
     assert "PPO per epoch" in table and "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in table
+
+
+def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch):
+    from recbole_align.trainer import on_policy
+
+    model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
+    item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]])
+    rows, positions = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 3, 0, 2, 5])
+    excluded = history_mask(item_seq, rows, positions, n_items=12)
+    states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
+    reference_states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    actions = torch.tensor([[10, 11], [1, 2], [3, 5], [9, 10], [11, 3]])
+    log_pi = log_policy(model, states, excluded, 0.7)
+    expected = (log_pi.gather(1, actions), exact_kl(log_pi, log_policy(reference, reference_states, excluded, 0.7)))
+    expected_grad = torch.autograd.grad(expected[0].sum() + expected[1].sum(), states)[0]
+    monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)  # three chunks
+    actual = on_policy.log_probs_and_kl(model, states, reference, reference_states, excluded, actions, 0.7)
+    actual_grad = torch.autograd.grad(actual[0].sum() + actual[1].sum(), states)[0]
+    assert torch.allclose(actual[0], expected[0], atol=1e-6) and torch.allclose(actual[1], expected[1], atol=1e-6)
+    assert torch.allclose(actual_grad, expected_grad, atol=1e-6)
+
+
+def test_dpo_margin_from_pair_logits_equals_the_log_probability_margin():
+    model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
+    excluded = history_mask(torch.tensor([[3, 5, 0]]), torch.tensor([0, 0]), torch.tensor([0, 1]), n_items=12)
+    states = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    chosen, rejected = torch.tensor([[1], [2]]), torch.tensor([[7], [11]])
+    log_pi, log_ref = log_policy(model, states, excluded), log_policy(reference, states, excluded)
+    from_log_probs = dpo_loss(log_pi.gather(1, chosen), log_pi.gather(1, rejected),
+                              log_ref.gather(1, chosen), log_ref.gather(1, rejected), beta=0.1)
+    from_logits = dpo_loss(model.item_logits(states, chosen), model.item_logits(states, rejected),
+                           reference.item_logits(states, chosen), reference.item_logits(states, rejected), beta=0.1)
+    assert torch.allclose(from_logits, from_log_probs, atol=1e-5)

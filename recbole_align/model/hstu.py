@@ -280,6 +280,9 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         logits = torch.cat([pos_logits, neg_logits], dim=-1)
         return torch.logsumexp(logits, dim=-1) - logits[:, 0]
 
+    def item_logits(self, states, items):
+        """cosine(state, item) / temperature for given items: states [M, d], items [M, K] -> [M, K]."""
+        return (states.unsqueeze(-2) * self.item_vectors()[items]).sum(-1) / self.temperature
+
     def predict(self, interaction):
-        items = self.item_vectors()[interaction[self.ITEM_ID]]
-        return (self.user_state(interaction) * items).sum(-1) / self.temperature
+        return self.item_logits(self.user_state(interaction), interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)

@@ -22,7 +22,8 @@ class NextItemPolicy:
     """Mixin for a ``SequentialRecommender``: the next-item policy and its losses at the trained positions.
 
     A subclass defines ``sequence_outputs(interaction)`` (user states [B, L, d], the state at
-    position t conditioned on items 0..t), ``item_vectors()`` and ``catalogue_logits(states)``, and
+    position t conditioned on items 0..t), ``item_vectors()``, ``catalogue_logits(states)`` and
+    ``item_logits(states, items)`` (the same logits at given items [M, K]), and
     calls :meth:`init_policy` in its constructor. ``position_nll`` defaults to the exact softmax.
     """
 

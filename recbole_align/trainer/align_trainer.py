@@ -86,12 +86,29 @@ class AlignTrainerMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.current_epoch = epoch_idx
         start = time()
-        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        losses = super()._train_epoch(train_data, epoch_idx, self.with_precision(loss_func), show_progress)
         total = sum(losses) if isinstance(losses, tuple) else losses
         self.epoch_log.append(
             {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": time() - start}
         )
         return losses
+
+    def with_precision(self, loss_func):
+        """``loss_func`` (default: the model's calculate_loss) under autocast to bfloat16 when
+        ``mixed_precision: bf16``, on CPU and CUDA alike; else ``loss_func`` itself (fp32). Evaluation
+        stays in fp32."""
+        mixed_precision = self.config["mixed_precision"]
+        if mixed_precision is None:
+            return loss_func
+        if mixed_precision != "bf16":
+            raise AlignError(f"mixed_precision must be bf16 or ~ (fp32), got {mixed_precision!r}.")
+        loss_func = loss_func or self.model.calculate_loss
+
+        def bf16_loss(interaction):
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                return loss_func(interaction)
+
+        return bf16_loss
 
     def _check_nan(self, loss):
         if not torch.isfinite(loss):

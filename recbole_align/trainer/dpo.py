@@ -10,12 +10,13 @@ preference and are left out. Hyper-parameters: properties/model/DPO.yaml.
 import torch
 import torch.nn.functional as F
 
-from recbole_align.trainer.on_policy import OnPolicyTrainer, exact_kl, sample_items
+from recbole_align.trainer.on_policy import OnPolicyTrainer, exact_kl, log_policy, sample_distinct_pairs
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
     """Per-pair DPO loss -log sigmoid(beta [(log pi_theta(a_w|s) - log pi_ref(a_w|s))
-    - (log pi_theta(a_l|s) - log pi_ref(a_l|s))]); every argument is a tensor of log-probabilities [M]."""
+    - (log pi_theta(a_l|s) - log pi_ref(a_l|s))]); every argument is a tensor [M] of log-probabilities,
+    or of logits: both items of a pair share the context s, so its log-normaliser cancels in the margin."""
     margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
     return -F.logsigmoid(beta * margin)
 
@@ -28,7 +29,15 @@ def rank_pairs(pairs, rewards):
 
 
 class DPOTrainer(OnPolicyTrainer):
-    """Online DPO on pairs sampled from the policy and ranked by the reward head."""
+    """Online DPO on pairs sampled from the policy and ranked by the reward head.
+
+    The loss needs the logits of the two items of each pair only (the log-normalisers cancel), so
+    the gradient flows through 2 M dot products; the catalogue-wide policy is computed without
+    gradient, to sample. The logged KL to BC is exact, on ``kl_log_contexts`` contexts of each
+    batch spread evenly over it (ours: logging only).
+    """
+
+    kl_log_contexts = 512
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -36,19 +45,23 @@ class DPOTrainer(OnPolicyTrainer):
 
     def batch_loss(self, interaction):
         """Mean dpo_loss over the contexts whose two sampled items the reward head does not tie."""
-        contexts = self.contexts(interaction)
-        log_pi, log_ref = contexts.log_policy, contexts.log_reference
+        states, reference_states, excluded = self.contexts(interaction)
         with torch.no_grad():
-            pairs = sample_items(log_pi, 2, self.sampling_temperature, replacement=False)
-            rewards = self.reward(contexts.reference_states, pairs)
-        chosen, rejected, decided = rank_pairs(pairs, rewards)
+            log_pi = log_policy(self.model, states, excluded)
+            pairs = sample_distinct_pairs(log_pi, self.sampling_temperature)
+            rewards = self.reward(reference_states, pairs)
+            chosen, rejected, decided = rank_pairs(pairs, rewards)
+            reference_chosen, reference_rejected = (
+                self.reference.item_logits(reference_states, items).squeeze(1) for items in (chosen, rejected)
+            )
+            logged = torch.linspace(0, len(states) - 1, min(len(states), self.kl_log_contexts)).long()
+            log_reference = log_policy(self.reference, reference_states[logged], excluded[logged])
+            kl = exact_kl(log_pi[logged], log_reference).mean()
         losses = dpo_loss(
-            log_pi.gather(1, chosen), log_pi.gather(1, rejected),
-            log_ref.gather(1, chosen), log_ref.gather(1, rejected), self.beta,
-        ).squeeze(1)
+            self.model.item_logits(states, chosen).squeeze(1), self.model.item_logits(states, rejected).squeeze(1),
+            reference_chosen, reference_rejected, self.beta,
+        )
         self.batch_stats.append({
-            "sample_reward": rewards.mean(),
-            "decided_fraction": decided.mean(),
-            "kl_to_bc": exact_kl(log_pi.detach(), log_ref).mean(),
+            "sample_reward": rewards.mean(), "decided_fraction": decided.mean(), "kl_to_bc": kl,
         })
         return (losses * decided).sum() / decided.sum().clamp(min=1)

@@ -6,44 +6,106 @@ import copy
 from collections import namedtuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from recbole_align.errors import AlignError
 from recbole_align.trainer.align_trainer import AlignTrainer
 
-Contexts = namedtuple("Contexts", "log_policy log_reference reference_states excluded")
+Contexts = namedtuple("Contexts", "states reference_states excluded")
 
 
 def history_mask(item_seq, rows, positions, n_items):
     """excluded[m, a] = (a = 0, padding) or a ∈ item_seq[rows[m], : positions[m] + 1]: [M, n_items] bool.
 
     The items that the context at position t of a history has already seen, which it must not be
-    recommended again (as the evaluation excludes them).
+    recommended again (as the evaluation excludes them): scattered from the [M, window] history
+    indices, as the evaluator does, with the items after position t replaced by padding.
     """
-    length = item_seq.size(1)
-    index = torch.arange(length, dtype=torch.int32, device=item_seq.device).expand_as(item_seq)
-    first_seen = torch.full((item_seq.size(0), n_items), length, dtype=torch.int32, device=item_seq.device)
-    first_seen = first_seen.scatter_reduce(1, item_seq, index, reduce="amin")
-    excluded = first_seen[rows] <= positions.unsqueeze(1)
+    history = item_seq[rows]
+    later = torch.arange(history.size(1), device=item_seq.device) > positions.unsqueeze(1)
+    excluded = torch.zeros(len(rows), n_items, dtype=torch.bool, device=item_seq.device)
     excluded[:, 0] = True
-    return excluded
+    return excluded.scatter_(1, history.masked_fill(later, 0), True)
 
 
 def log_policy(model, states, excluded, temperature=1.0):
     """log π(a|s) = log softmax_{a not excluded}(logit(s, a) / temperature): [M, n_items], -inf where excluded."""
-    logits = model.catalogue_logits(states).masked_fill(excluded, float("-inf"))
-    return torch.log_softmax(logits / temperature, dim=-1)
+    logits = model.catalogue_logits(states).masked_fill_(excluded, float("-inf"))
+    return torch.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
 
 
 def sample_items(log_probs, num_samples, temperature=1.0, replacement=True, generator=None):
     """num_samples items per row drawn from softmax(log_probs / temperature): [M, num_samples]."""
-    probs = torch.softmax(log_probs / temperature, dim=-1)
+    probs = torch.softmax(log_probs if temperature == 1 else log_probs / temperature, dim=-1)
     return torch.multinomial(probs, num_samples, replacement=replacement, generator=generator)
 
 
-def exact_kl(log_p, log_q):
-    """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) per row, over the support of p (log p = -inf off it)."""
-    support = torch.isfinite(log_p)
-    return (log_p.exp() * torch.where(support, log_p - log_q, 0.0)).sum(-1)
+def sample_distinct_pairs(log_probs, temperature=1.0, draws=8):
+    """Two distinct items per row from softmax(log_probs / temperature), as sampling without
+    replacement does (the second from the policy renormalised without the first): [M, 2].
+
+    The second item is the first of ``draws`` - 1 further draws with replacement that differs from the
+    first (rejection sampling, exact), and rows without one draw again from the renormalised policy.
+    PyTorch's multinomial without replacement (and with one sample) draws an exponential variate per
+    item and row, several times slower than draws with replacement on CPU.
+    """
+    probs = torch.softmax(log_probs if temperature == 1 else log_probs / temperature, dim=-1)
+    drawn = torch.multinomial(probs, draws, replacement=True)
+    first, later = drawn[:, :1], drawn[:, 1:]
+    differs = later != first
+    second = later.gather(1, differs.int().argmax(dim=1, keepdim=True))
+    missing = ~differs.any(dim=1)
+    if missing.any():
+        rest = probs[missing].scatter(1, first[missing], 0.0)
+        second[missing] = torch.multinomial(rest, 2, replacement=True)[:, :1]
+    return torch.cat([first, second], dim=1)
+
+
+def exact_kl(log_p, log_q, excluded=None):
+    """KL(p || q) = sum_a p(a) (log p(a) - log q(a)) per row, over the support of p (log p = -inf off
+    it; ``excluded``, if given, is the complement of the support, saving its computation)."""
+    outside = ~torch.isfinite(log_p) if excluded is None else excluded
+    return (log_p.exp() * (log_p - log_q).masked_fill(outside, 0.0)).sum(-1)
+
+
+ROW_CHUNK = 1024  # contexts per chunk of the catalogue-wide computations
+
+
+def row_chunks(n_rows):
+    """Index ranges of at most ROW_CHUNK rows covering 0..n_rows-1."""
+    return [slice(start, min(start + ROW_CHUNK, n_rows)) for start in range(0, n_rows, ROW_CHUNK)]
+
+
+@torch.no_grad()
+def sample_with_log_probs(model, states, excluded, num_samples, temperature=1.0):
+    """K items per context from π(·|s) at ``temperature`` and their log-probabilities: ([M, K], [M, K]),
+    computed in chunks of rows so that no [M, n_items] tensor is kept."""
+    actions, log_probs = [], []
+    for rows in row_chunks(len(states)):
+        log_pi = log_policy(model, states[rows], excluded[rows], temperature)
+        drawn = sample_items(log_pi, num_samples)
+        actions.append(drawn)
+        log_probs.append(log_pi.gather(1, drawn))
+    return torch.cat(actions), torch.cat(log_probs)
+
+
+def log_probs_and_kl(model, states, reference, reference_states, excluded, actions, temperature=1.0):
+    """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M], with gradients to the
+    policy, at ``temperature``. Each chunk of rows is checkpointed: its catalogue-wide tensors are
+    freed after the forward pass and recomputed in the backward one, so memory and cache traffic
+    follow ROW_CHUNK rows instead of all M (the values and gradients are the unchunked ones)."""
+
+    def chunk_terms(states_chunk, reference_chunk, excluded_chunk, actions_chunk):
+        log_pi = log_policy(model, states_chunk, excluded_chunk, temperature)
+        with torch.no_grad():
+            log_reference = log_policy(reference, reference_chunk, excluded_chunk, temperature)
+        return log_pi.gather(1, actions_chunk), exact_kl(log_pi, log_reference, excluded_chunk)
+
+    parts = [
+        checkpoint(chunk_terms, states[rows], reference_states[rows], excluded[rows], actions[rows], use_reentrant=False)
+        for rows in row_chunks(len(states))
+    ]
+    return torch.cat([log_pi for log_pi, _ in parts]), torch.cat([kl for _, kl in parts])
 
 
 def frozen_copy(model):
@@ -85,17 +147,15 @@ class OnPolicyTrainer(AlignTrainer):
             self.epoch_log[-1].update({k: sum(float(s[k]) for s in stats) / len(stats) for k in stats[0]})
         return losses
 
-    def contexts(self, interaction, temperature=1.0):
-        """At every valid position m of the batch: log π_θ(·|s_m) (with gradient) and log π_BC(·|s_m)
-        at ``temperature``, the BC states (for r̂) and the excluded history items."""
+    def contexts(self, interaction):
+        """At every valid position m of the batch: the policy's state s_m (with gradient), the BC
+        model's state (no gradient; for π_BC and r̂) and the excluded history items [M, n_items]."""
         states, _, mask = self.model.position_states(interaction)
         rows, positions = mask.nonzero(as_tuple=True)
         excluded = history_mask(interaction[self.model.ITEM_SEQ], rows, positions, self.model.n_items)
         with torch.no_grad():
             reference_states = self.reference.position_states(interaction)[0]
-            log_reference = log_policy(self.reference, reference_states, excluded, temperature)
-        log_pi = log_policy(self.model, states, excluded, temperature)
-        return Contexts(log_pi, log_reference, reference_states, excluded)
+        return Contexts(states, reference_states, excluded)
 
     @torch.no_grad()
     def reward(self, reference_states, items):

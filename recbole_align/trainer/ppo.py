@@ -9,10 +9,10 @@ rollout consumed in one pass of minibatches (ours). Hyper-parameters: properties
 
 import torch
 
-from recbole_align.trainer.on_policy import OnPolicyTrainer, exact_kl, frozen_copy, log_policy, sample_items
+from recbole_align.trainer.on_policy import OnPolicyTrainer, frozen_copy, log_probs_and_kl, sample_with_log_probs
 
 
-def ppo_loss(log_policy, log_old, log_reference, actions, rewards, clip_epsilon, kl_coef):
+def ppo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef):
     """Clipped one-step PPO loss with an exact KL penalty, over M contexts with K sampled items each.
 
     A_mk = r_mk - (1/K) sum_k' r_mk'                                     (group-mean baseline)
@@ -21,14 +21,15 @@ def ppo_loss(log_policy, log_old, log_reference, actions, rewards, clip_epsilon,
     KL = (1/M) sum_m sum_a pi_theta(a|s_m) (log pi_theta(a|s_m) - log pi_ref(a|s_m))
     loss = -L_clip + kl_coef * KL
 
-    log_policy, log_reference: [M, n_items] (-inf = excluded); log_old, actions, rewards: [M, K].
+    log_policy, log_old, rewards: [M, K], log pi_theta and log pi_old at the sampled items a_mk and
+    their rewards; kl: [M], the exact KL of each context (:func:`log_probs_and_kl`).
     Returns (loss, {"clip_objective", "kl_to_bc", "clip_fraction"}), the statistics detached.
     """
     advantages = rewards - rewards.mean(dim=1, keepdim=True)
-    ratio = torch.exp(log_policy.gather(1, actions) - log_old)
+    ratio = torch.exp(log_policy - log_old)
     clipped_ratio = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)
     clip_objective = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
-    kl = exact_kl(log_policy, log_reference).mean()
+    kl = kl.mean()
     stats = {
         "clip_objective": clip_objective.detach(),
         "kl_to_bc": kl.detach(),
@@ -55,15 +56,12 @@ class PPOTrainer(OnPolicyTrainer):
         """ppo_loss on K items per context sampled from pi_old at ``sampling_temperature`` (the ratio
         and the KL are taken on the same tempered policies)."""
         temperature = self.sampling_temperature
-        contexts = self.contexts(interaction, temperature)
+        states, reference_states, excluded = self.contexts(interaction)
         with torch.no_grad():
             old_states = self.rollout_policy.position_states(interaction)[0]
-            log_old = log_policy(self.rollout_policy, old_states, contexts.excluded, temperature)
-            actions = sample_items(log_old, self.num_samples)
-            rewards = self.reward(contexts.reference_states, actions)
-        loss, stats = ppo_loss(
-            contexts.log_policy, log_old.gather(1, actions), contexts.log_reference, actions, rewards,
-            self.clip_epsilon, self.kl_coef,
-        )
+            actions, log_old = sample_with_log_probs(self.rollout_policy, old_states, excluded, self.num_samples, temperature)
+            rewards = self.reward(reference_states, actions)
+        log_pi, kl = log_probs_and_kl(self.model, states, self.reference, reference_states, excluded, actions, temperature)
+        loss, stats = ppo_loss(log_pi, log_old, kl, rewards, self.clip_epsilon, self.kl_coef)
         self.batch_stats.append({"sample_reward": rewards.mean(), **stats})
         return loss
