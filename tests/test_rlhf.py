@@ -270,21 +270,23 @@ def test_benchmark_script_tables_from_a_given_bc_checkpoint(workdir, ml100k_slic
 def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch):
     from recbole_align.trainer import on_policy
 
-    model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
+    model, reference = make_model(n_items=12).eval().double(), make_model(n_items=12, seed=1).eval().double()
     item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]])
     rows, positions = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 3, 0, 2, 5])
     excluded = history_mask(item_seq, rows, positions, n_items=12)
-    states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
-    reference_states = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
+    states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    reference_states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
     actions = torch.tensor([[10, 11], [1, 2], [3, 5], [9, 10], [11, 3]])
     log_pi = log_policy(model, states, excluded, 0.7)
     expected = (log_pi.gather(1, actions), exact_kl(log_pi, log_policy(reference, reference_states, excluded, 0.7)))
-    expected_grad = torch.autograd.grad(expected[0].sum() + expected[1].sum(), states)[0]
+    upstream = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    inputs = (states, model.item_embedding.weight)
+    expected_grads = torch.autograd.grad((expected[0] * upstream[0]).sum() + (expected[1] * upstream[1]).sum(), inputs)
     monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)  # three chunks
     actual = on_policy.log_probs_and_kl(model, states, reference, reference_states, excluded, actions, 0.7)
-    actual_grad = torch.autograd.grad(actual[0].sum() + actual[1].sum(), states)[0]
-    assert torch.allclose(actual[0], expected[0], atol=1e-6) and torch.allclose(actual[1], expected[1], atol=1e-6)
-    assert torch.allclose(actual_grad, expected_grad, atol=1e-6)
+    actual_grads = torch.autograd.grad((actual[0] * upstream[0]).sum() + (actual[1] * upstream[1]).sum(), inputs)
+    assert torch.allclose(actual[0], expected[0]) and torch.allclose(actual[1], expected[1])
+    assert all(torch.allclose(a, e) for a, e in zip(actual_grads, expected_grads))
 
 
 def test_dpo_margin_from_pair_logits_equals_the_log_probability_margin():

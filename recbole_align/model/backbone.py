@@ -65,15 +65,7 @@ class RecBoleBackbone(NextItemPolicy):
         """The item embedding table [n_items, d] (row 0 is padding)."""
         return self.item_embedding.weight
 
-    def item_logits(self, states, items):
-        """h_s . e_a for given items: states [M, d], items [M, K] -> [M, K]."""
-        return (states.unsqueeze(-2) * self.item_vectors()[items]).sum(-1)
-
-    def catalogue_logits(self, user_states):
-        """h_s . e_a for every item: [..., d] -> [..., n_items]; column 0 (padding) is -inf."""
-        logits = user_states @ self.item_vectors().T
-        logits[..., 0] = float("-inf")
-        return logits
+    logit_scale = 1.0  # logits are h_s . e_a, as RecBole's CE loss and full_sort_predict
 
 
 _POST_TRAINABLE = {}

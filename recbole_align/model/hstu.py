@@ -260,11 +260,10 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         """L2-normalised item embeddings [n_items, d] (row 0 is padding)."""
         return F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6)
 
-    def catalogue_logits(self, user_states):
-        """cosine(state, item) / temperature for every item: [..., d] -> [..., n_items]; column 0 is -inf."""
-        logits = user_states @ self.item_vectors().T / self.temperature
-        logits[..., 0] = float("-inf")
-        return logits
+    @property
+    def logit_scale(self):
+        """Logits are cosine(state, item) / temperature."""
+        return 1 / self.temperature
 
     def position_nll(self, states, targets, mask):
         """-log pi(target | state): exact softmax ('CE') or sampled softmax ('SSM': num_negatives
@@ -279,10 +278,6 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)
         logits = torch.cat([pos_logits, neg_logits], dim=-1)
         return torch.logsumexp(logits, dim=-1) - logits[:, 0]
-
-    def item_logits(self, states, items):
-        """cosine(state, item) / temperature for given items: states [M, d], items [M, K] -> [M, K]."""
-        return (states.unsqueeze(-2) * self.item_vectors()[items]).sum(-1) / self.temperature
 
     def predict(self, interaction):
         return self.item_logits(self.user_state(interaction), interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)

@@ -22,8 +22,8 @@ class NextItemPolicy:
     """Mixin for a ``SequentialRecommender``: the next-item policy and its losses at the trained positions.
 
     A subclass defines ``sequence_outputs(interaction)`` (user states [B, L, d], the state at
-    position t conditioned on items 0..t), ``item_vectors()``, ``catalogue_logits(states)`` and
-    ``item_logits(states, items)`` (the same logits at given items [M, K]), and
+    position t conditioned on items 0..t), ``item_vectors()`` and ``logit_scale`` (logit(s, a) =
+    logit_scale * state . item_vector), and
     calls :meth:`init_policy` in its constructor. ``position_nll`` defaults to the exact softmax.
     """
 
@@ -72,6 +72,16 @@ class NextItemPolicy:
         mask = self.position_mask(item_seq, seq_len)
         targets = next_step(item_seq, seq_len, interaction[self.POS_ITEM_ID])[mask]
         return self.sequence_outputs(interaction)[mask], targets, mask
+
+    def catalogue_logits(self, states):
+        """logit(s, a) for every item: [..., d] -> [..., n_items]; column 0 (padding) is -inf."""
+        logits = states @ self.item_vectors().T * self.logit_scale
+        logits[..., 0] = float("-inf")
+        return logits
+
+    def item_logits(self, states, items):
+        """logit(s, a) at given items: states [M, d], items [M, K] -> [M, K]."""
+        return (states.unsqueeze(-2) * self.item_vectors()[items]).sum(-1) * self.logit_scale
 
     def position_nll(self, states, targets, mask):
         """-log pi(target | state) per row, exact softmax over the catalogue: [M] (``mask`` [B, L]:

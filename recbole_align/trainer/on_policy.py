@@ -6,7 +6,6 @@ import copy
 from collections import namedtuple
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from recbole_align.errors import AlignError
 from recbole_align.trainer.align_trainer import AlignTrainer
@@ -89,23 +88,60 @@ def sample_with_log_probs(model, states, excluded, num_samples, temperature=1.0)
     return torch.cat(actions), torch.cat(log_probs)
 
 
+def _masked_log_softmax(states, items, scale, excluded):
+    """log softmax over the items not excluded of scale * states . items: [C, n_items]."""
+    return torch.log_softmax((states @ items.T).mul_(scale).masked_fill_(excluded, float("-inf")), dim=-1)
+
+
+class _LogProbsAndKL(torch.autograd.Function):
+    """log π(a_mk|s_m) [M, K] and KL(π(·|s_m) || π_ref(·|s_m)) [M] for π = softmax(scale * s . items) and
+    π_ref likewise, over the items not excluded, in chunks of ROW_CHUNK rows; gradients to the
+    policy's states and item vectors only. Nothing of size [M, n_items] is kept: the backward pass
+    recomputes each chunk and applies, with z the policy's logits,
+        d KL_m / d z_ma = π(a|s_m) (log π(a|s_m) - log π_ref(a|s_m) - KL_m)
+        d log π(a_mk|s_m) / d z_ma = 1[a = a_mk] - π(a|s_m).
+    """
+
+    @staticmethod
+    def forward(ctx, states, items, reference_states, reference_items, excluded, actions, scale, reference_scale):
+        log_probs = states.new_empty(actions.shape)
+        kl = states.new_empty(len(states))
+        for rows in row_chunks(len(states)):
+            log_pi = _masked_log_softmax(states[rows], items, scale, excluded[rows])
+            log_reference = _masked_log_softmax(reference_states[rows], reference_items, reference_scale, excluded[rows])
+            log_probs[rows] = log_pi.gather(1, actions[rows])
+            kl[rows] = (log_pi.exp() * (log_pi - log_reference).masked_fill_(excluded[rows], 0.0)).sum(-1)
+        ctx.save_for_backward(states, items, reference_states, reference_items, excluded, actions, kl)
+        ctx.scales = scale, reference_scale
+        return log_probs, kl
+
+    @staticmethod
+    def backward(ctx, grad_log_probs, grad_kl):
+        states, items, reference_states, reference_items, excluded, actions, kl = ctx.saved_tensors
+        scale, reference_scale = ctx.scales
+        grad_states, grad_items = torch.empty_like(states), torch.zeros_like(items)
+        for rows in row_chunks(len(states)):
+            log_pi = _masked_log_softmax(states[rows], items, scale, excluded[rows])
+            log_reference = _masked_log_softmax(reference_states[rows], reference_items, reference_scale, excluded[rows])
+            pi = log_pi.exp()
+            grad_logits = (log_pi - log_reference).masked_fill_(excluded[rows], 0.0).sub_(kl[rows].unsqueeze(1))
+            grad_logits.mul_(grad_kl[rows].unsqueeze(1)).sub_(grad_log_probs[rows].sum(1, keepdim=True)).mul_(pi)
+            grad_logits.scatter_add_(1, actions[rows], grad_log_probs[rows]).mul_(scale)
+            grad_states[rows] = grad_logits @ items
+            grad_items.addmm_(grad_logits.T, states[rows])
+        return grad_states, grad_items, None, None, None, None, None, None
+
+
 def log_probs_and_kl(model, states, reference, reference_states, excluded, actions, temperature=1.0):
-    """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M], with gradients to the
-    policy, at ``temperature``. Each chunk of rows is checkpointed: its catalogue-wide tensors are
-    freed after the forward pass and recomputed in the backward one, so memory and cache traffic
-    follow ROW_CHUNK rows instead of all M (the values and gradients are the unchunked ones)."""
-
-    def chunk_terms(states_chunk, reference_chunk, excluded_chunk, actions_chunk):
-        log_pi = log_policy(model, states_chunk, excluded_chunk, temperature)
-        with torch.no_grad():
-            log_reference = log_policy(reference, reference_chunk, excluded_chunk, temperature)
-        return log_pi.gather(1, actions_chunk), exact_kl(log_pi, log_reference, excluded_chunk)
-
-    parts = [
-        checkpoint(chunk_terms, states[rows], reference_states[rows], excluded[rows], actions[rows], use_reentrant=False)
-        for rows in row_chunks(len(states))
-    ]
-    return torch.cat([log_pi for log_pi, _ in parts]), torch.cat([kl for _, kl in parts])
+    """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M] at ``temperature``, with
+    gradients to the policy (its states and item vectors), without [M, n_items] tensors
+    (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`)."""
+    with torch.no_grad():
+        reference_items = reference.item_vectors()
+    return _LogProbsAndKL.apply(
+        states, model.item_vectors(), reference_states, reference_items, excluded, actions,
+        model.logit_scale / temperature, reference.logit_scale / temperature,
+    )
 
 
 def frozen_copy(model):
