@@ -72,6 +72,9 @@ def without_column(data_path, column, name):
         (["--model=ExpRSFT", "--backbone=NoSuchModel"], "Unknown model [NoSuchModel]"),
         (["--model=BC", "--backbone=BERT4Rec"], "backbone [BERT4Rec] cannot be post-trained"),
         (["--model=DPO", "--backbone=PPO"], "backbone [PPO] is itself a training method"),
+        (["--mixed_precision=fp16"], "mixed_precision must be bf16 or ~"),
+        (["--negative_sharing=user"], "negative_sharing must be one of"),
+        (["--length_grouped_batches=True", "--length_group_size=0"], "length_group_size must be an integer >= 1"),
     ],
 )
 def test_clear_errors(tmp_path, ml100k_slice, args, message):
@@ -123,3 +126,11 @@ def test_unwritable_output_fails_before_training(tmp_path, ml100k_slice, key):
     assert process.returncode == 2
     assert "cannot be created" in process.stderr and "Traceback" not in process.stderr
     assert not list(tmp_path.glob("**/*.pth"))  # nothing trained or saved
+
+
+def test_bf16_mixed_precision_trains(tmp_path, ml100k_slice):
+    process, results = run_cli(
+        tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny("--mixed_precision=bf16")
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert results["config"]["mixed_precision"] == "bf16" and results["test"]["ndcg@10"] >= 0

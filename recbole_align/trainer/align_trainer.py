@@ -65,6 +65,8 @@ class AlignTrainerMixin:
             super().__init__(config, model)
         if not config["single_spec"]:
             self.eval_collector = CaseGatheringCollector(config)
+        if config["mixed_precision"] not in (None, "bf16"):
+            raise AlignError(f"mixed_precision must be bf16 or ~ (fp32), got {config['mixed_precision']!r}.")
         self.epoch_log = []
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
@@ -97,11 +99,8 @@ class AlignTrainerMixin:
         """``loss_func`` (default: the model's calculate_loss) under autocast to bfloat16 when
         ``mixed_precision: bf16``, on CPU and CUDA alike; else ``loss_func`` itself (fp32). Evaluation
         stays in fp32."""
-        mixed_precision = self.config["mixed_precision"]
-        if mixed_precision is None:
+        if self.config["mixed_precision"] is None:
             return loss_func
-        if mixed_precision != "bf16":
-            raise AlignError(f"mixed_precision must be bf16 or ~ (fp32), got {mixed_precision!r}.")
         loss_func = loss_func or self.model.calculate_loss
 
         def bf16_loss(interaction):

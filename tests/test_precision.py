@@ -1,0 +1,17 @@
+"""mixed_precision: bf16 runs the training loss under autocast to bfloat16; fp32 leaves it alone."""
+
+import torch
+
+from recbole_align.trainer.align_trainer import AlignTrainer
+
+
+def loss_dtype(mixed_precision):
+    trainer = object.__new__(AlignTrainer)
+    trainer.config, trainer.device = {"mixed_precision": mixed_precision}, torch.device("cpu")
+    weights = torch.randn(4, 4)
+    return trainer.with_precision(lambda interaction: interaction @ weights)(torch.randn(2, 4)).dtype
+
+
+def test_bf16_autocasts_the_loss_and_fp32_does_not():
+    assert loss_dtype("bf16") == torch.bfloat16
+    assert loss_dtype(None) == torch.float32
