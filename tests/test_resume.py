@@ -74,6 +74,14 @@ def test_bc_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_pat
     assert resumed["checkpoint"] == str(tmp_path / "cut.pth")
 
 
+def test_length_grouped_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path):
+    # the length-grouped batches come from the loader's generator, whose state the resume file carries
+    grouped = ("--epochs=3", "--length_grouped_batches=True", "--length_group_size=2", "--train_batch_size=16")
+    uninterrupted = run("HSTU", ml100k_slice, tmp_path, "full", *grouped)
+    resumed = interrupted_then_resumed(monkeypatch, "HSTU", ml100k_slice, tmp_path, *grouped)
+    assert_same_run(resumed, uninterrupted)
+
+
 def test_drpo_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path, bc_run):
     # DRPO: its adaptive kept fraction P is trainer state that the resume file must carry
     bc = f"--pretrained_checkpoint={bc_run[1]['checkpoint']}"
