@@ -6,7 +6,8 @@
 
 In one run, for each thread count and each code tree (a checkout of this repository), one worker
 process loads the data and measures, with the tree's own defaults plus ``--key=value`` overrides:
-BC of HSTU and of the SASRec backbone, each post-training method (from the freshly initialised
+BC of HSTU (in fp32, and in bf16 where the tree has ``mixed_precision``) and of the SASRec backbone,
+each post-training method (from the freshly initialised
 model: the cost of a step does not depend on how trained the weights are) and one full evaluation
 of the test cases. A training measurement runs ``--max_batches`` batches of one epoch after one
 warm-up batch, and reports seconds per epoch = seconds per batch x batches per epoch, and real
@@ -105,8 +106,9 @@ def worker(args, overrides):
     base = {"data_path": args.data_path, "state": "error", "show_progress": False, "checkpoint_dir": args.scratch, **overrides}
     rows, loaded = [], {}
 
-    def setup(model, backbone, reward_head):
-        config, spec = build_config(model, args.dataset, config_dict={**base, "backbone": backbone, "reward_head": reward_head})
+    def setup(model, backbone, reward_head, extra):
+        settings = {**base, "backbone": backbone, "reward_head": reward_head, **extra}
+        config, spec = build_config(model, args.dataset, config_dict=settings)
         key = (backbone, spec.model_class.__name__)
         if key not in loaded:
             train, _, test = data_preparation(config, load_dataset(config, spec.model_class))
@@ -120,13 +122,17 @@ def worker(args, overrides):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
         return config, trainer, train, test, data_mb
 
-    jobs = [("BC", "HSTU", False), ("BC", "SASRec", False)] + [(m, "HSTU", m in ON_POLICY) for m in METHODS]
-    for model, backbone, reward_head in jobs:
-        config, trainer, train, test, data_mb = setup(model, backbone, reward_head)
+    jobs = [("BC", "HSTU", False, {}), ("BC", "SASRec", False, {})] + [(m, "HSTU", m in ON_POLICY, {}) for m in METHODS]
+    jobs.append(("BC", "HSTU", False, {"mixed_precision": "bf16"}))
+    for model, backbone, reward_head, extra in jobs:
+        config, trainer, train, test, data_mb = setup(model, backbone, reward_head, extra)
+        if not set(extra) <= read_yaml_keys():
+            continue  # code from before the setting (e.g. mixed_precision) would silently ignore it
         lengths = train._dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]].double()
         seconds = timed_epoch(trainer, train, args.max_batches)
-        row = {"run": f"{model} ({backbone})", "seconds_per_epoch": seconds, "positions_per_second": lengths.sum().item() / seconds}
-        if (model, backbone) == ("BC", "HSTU"):
+        label = f"{model} ({backbone}{''.join(f', {v}' for v in extra.values())})"
+        row = {"run": label, "seconds_per_epoch": seconds, "positions_per_second": lengths.sum().item() / seconds}
+        if (model, backbone, extra) == ("BC", "HSTU", {}):
             row["useful_gflop_per_epoch"] = useful_bc_gflop(lengths, config).item()
             start = time.perf_counter()
             trainer.evaluate(test, load_best_model=False)
@@ -134,6 +140,15 @@ def worker(args, overrides):
         rows.append(row)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": rows, "peak_memory_mb": peak, "memory_after_data_mb": min(v[2] for v in loaded.values())}))
+
+
+def read_yaml_keys():
+    """The keys of the running code tree's properties/overall.yaml."""
+    import yaml
+
+    from recbole_align.registry import PROPERTIES_DIR
+
+    return set(yaml.safe_load((PROPERTIES_DIR / "overall.yaml").read_text()))
 
 
 def run_worker(tree, threads, args, overrides):
