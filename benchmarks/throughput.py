@@ -6,11 +6,13 @@
 
 In one run, for each thread count and each code tree (a checkout of this repository), one worker
 process loads the data and measures, with the tree's own defaults plus ``--key=value`` overrides:
-BC of HSTU (in fp32, and in bf16 where the tree has ``mixed_precision``) and of the SASRec backbone,
+BC of HSTU (with the tree's defaults, and with length-grouped batches or bf16 where the tree has
+those settings) and of the SASRec backbone,
 each post-training method (from the freshly initialised
 model: the cost of a step does not depend on how trained the weights are) and one full evaluation
-of the test cases. A training measurement runs ``--max_batches`` batches of one epoch after one
-warm-up batch, and reports seconds per epoch = seconds per batch x batches per epoch, and real
+of the test cases. A training measurement runs ``--max_batches`` batches of one epoch (a whole epoch for
+HSTU BC, whose grouped batches differ in cost) after one warm-up batch, ``--repeats`` times, and
+reports the fastest as seconds per epoch = seconds per batch x batches per epoch, and real
 (unpadded) positions per second. The workers run one after another, so each has the machine to
 itself. Also measured in the same run: the machine's fp32 and bf16 GEMM peak (2048^3 products) at each
 thread count, the useful GFLOP/s of HSTU BC (matrix products at real positions and causal pairs
@@ -81,13 +83,17 @@ class FirstBatches:
         return min(self.n, len(self.loader))
 
 
-def timed_epoch(trainer, train_data, max_batches):
-    """Seconds per epoch of ``trainer`` on ``train_data``, from max_batches batches after one warm-up."""
+def timed_epoch(trainer, train_data, max_batches, repeats):
+    """Seconds per epoch of ``trainer`` on ``train_data``: the fastest of ``repeats`` passes over its
+    first max_batches batches (0: all of them), after one warm-up batch, scaled to a whole epoch."""
     trainer._train_epoch(FirstBatches(train_data, 1), 0)
-    batches = min(max_batches, len(train_data))
-    start = time.perf_counter()
-    trainer._train_epoch(FirstBatches(train_data, batches), 0)
-    return (time.perf_counter() - start) / batches * len(train_data)
+    batches = min(max_batches or len(train_data), len(train_data))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        trainer._train_epoch(FirstBatches(train_data, batches), 0)
+        best = min(best, time.perf_counter() - start)
+    return best / batches * len(train_data)
 
 
 def worker(args, overrides):
@@ -122,21 +128,27 @@ def worker(args, overrides):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
         return config, trainer, train, test, data_mb
 
-    jobs = [("BC", "HSTU", False, {}), ("BC", "SASRec", False, {})] + [(m, "HSTU", m in ON_POLICY, {}) for m in METHODS]
-    jobs.append(("BC", "HSTU", False, {"mixed_precision": "bf16"}))
+    # HSTU BC first: a measurement taken after PPO's and DPO's large allocations ran up to 1.7x slower
+    jobs = [("BC", "HSTU", False, {}), ("BC", "HSTU", False, {"length_grouped_batches": True}),
+            ("BC", "HSTU", False, {"mixed_precision": "bf16"})]
+    jobs += [(m, "HSTU", m in ON_POLICY, {}) for m in METHODS] + [("BC", "SASRec", False, {})]
     for model, backbone, reward_head, extra in jobs:
+        if not set(extra) <= read_yaml_keys() or (args.runs and model not in args.runs):
+            continue  # code from before a setting (e.g. mixed_precision) would silently ignore it
         config, trainer, train, test, data_mb = setup(model, backbone, reward_head, extra)
-        if not set(extra) <= read_yaml_keys():
-            continue  # code from before the setting (e.g. mixed_precision) would silently ignore it
         lengths = train._dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]].double()
-        seconds = timed_epoch(trainer, train, args.max_batches)
-        label = f"{model} ({backbone}{''.join(f', {v}' for v in extra.values())})"
+        whole_epoch = model == "BC" and backbone == "HSTU"  # grouped batches differ in cost: time them all
+        seconds = timed_epoch(trainer, train, 0 if whole_epoch else args.max_batches, args.repeats)
+        label = f"{model} ({backbone}{''.join(f', {k}={v}' for k, v in extra.items())})"
         row = {"run": label, "seconds_per_epoch": seconds, "positions_per_second": lengths.sum().item() / seconds}
         if (model, backbone, extra) == ("BC", "HSTU", {}):
             row["useful_gflop_per_epoch"] = useful_bc_gflop(lengths, config).item()
-            start = time.perf_counter()
-            trainer.evaluate(test, load_best_model=False)
-            rows.append({"run": "full evaluation (HSTU, test cases)", "seconds_per_epoch": time.perf_counter() - start})
+            evaluation = float("inf")
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                trainer.evaluate(test, load_best_model=False)
+                evaluation = min(evaluation, time.perf_counter() - start)
+            rows.append({"run": "full evaluation (HSTU, test cases)", "seconds_per_epoch": evaluation})
         rows.append(row)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rows": rows, "peak_memory_mb": peak, "memory_after_data_mb": min(v[2] for v in loaded.values())}))
@@ -156,6 +168,7 @@ def run_worker(tree, threads, args, overrides):
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve()), "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={threads}",
                f"--data_path={args.data_path}", f"--dataset={args.dataset}", f"--max_batches={args.max_batches}",
+               f"--repeats={args.repeats}", *([f"--runs=[{','.join(args.runs)}]"] if args.runs else []),
                f"--scratch={args.output_dir / 'scratch'}", *overrides]
     process = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if process.returncode != 0:
@@ -219,17 +232,21 @@ def main(argv=None):
     parser.add_argument("--dataset", default="ml-1m-half")
     parser.add_argument("--code", default="[new=.]", help='code trees to compare, "[name=path,...]"; the first is the reference')
     parser.add_argument("--threads", default="[1,2]", help='thread counts, e.g. "[1,2]"')
-    parser.add_argument("--max_batches", type=int, default=8, help="timed batches per training measurement")
-    parser.add_argument("--rectools_epochs", type=int, default=2, help="RecTools epochs (the fastest is reported)")
+    parser.add_argument("--max_batches", type=int, default=8, help="timed batches per measurement (HSTU BC: a whole epoch)")
+    parser.add_argument("--repeats", type=int, default=2, help="passes per measurement; the fastest counts")
+    parser.add_argument("--runs", default=None, help='only these models, e.g. "[BC]" (default: all)')
+    parser.add_argument("--rectools_epochs", type=int, default=2, help="RecTools epochs (the fastest is reported); 0: no peer")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/throughput"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
+    args.runs = parse_list(args.runs) if args.runs else None
     if args.worker:
         args.threads = int(args.threads)
         sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv
         return worker(args, {k.lstrip("-"): ast.literal_eval(v) if v[:1] in "[{0123456789-" or v in ("True", "False") else v
                              for k, v in (arg.split("=", 1) for arg in overrides)})
+    args.data_path, args.output_dir = str(Path(args.data_path).resolve()), args.output_dir.resolve()  # workers run in their trees
     trees = [tuple(item.split("=", 1)) for item in parse_list(args.code)]
     threads = [int(t) for t in parse_list(args.threads)]
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -244,8 +261,9 @@ def main(argv=None):
         for name, tree in trees:
             print(f"measuring {name} ({tree}) on {t} thread(s)", file=sys.stderr, flush=True)
             results["measurements"].append({"code": name, "threads": t, **run_worker(tree, t, args, overrides)})
-        print(f"measuring RecTools on {t} thread(s)", file=sys.stderr, flush=True)
-        results["rectools"][str(t)] = run_rectools(t, args)
+        if args.rectools_epochs > 0:
+            print(f"measuring RecTools on {t} thread(s)", file=sys.stderr, flush=True)
+            results["rectools"][str(t)] = run_rectools(t, args)
     (args.output_dir / "throughput.json").write_text(json.dumps(results, indent=2))
     (args.output_dir / "table.md").write_text(report(results))
     print(report(results))
