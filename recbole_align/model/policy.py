@@ -75,7 +75,9 @@ class NextItemPolicy:
 
     def catalogue_logits(self, states):
         """logit(s, a) for every item: [..., d] -> [..., n_items]; column 0 (padding) is -inf."""
-        logits = states @ self.item_vectors().T * self.logit_scale
+        logits = states @ self.item_vectors().T
+        if self.logit_scale != 1:
+            logits = logits.mul_(self.logit_scale)
         logits[..., 0] = float("-inf")
         return logits
 
