@@ -1,27 +1,33 @@
-"""One command for the Exp-RSFT paper's comparison, with seeds, RecBole baselines, plots and costs.
+"""One command for the Exp-RSFT paper's comparison, with seeds, tuning, RecBole baselines, plots and costs.
 
     python -m recbole_align.benchmark --dataset=ml-1m-half --data_path=../shared/data --seeds="[2020,2021,2022]"
-    python -m recbole_align.benchmark --dataset=ml-100k --seeds="[2020]" --methods="[BC,ExpRSFT,DPO]"
+    python -m recbole_align.benchmark --dataset=ml-100k --seeds="[2020,2021,2022]" --tune --baselines="[]"
 
 For each seed: BC of the backbone (``--backbone``, default HSTU) is trained once, with the reward
-head, and every post-training method starts from that checkpoint; the RecBole baselines train with
-RecBole's own pipeline for at most ``--baseline_epochs`` epochs. Every run is a process of
-``run_recbole_align.py`` whose results JSON (and log) is kept under ``--output_dir``, named
-``<run>-seed<seed>-<hash>.json`` where the hash covers the run's model, dataset, config files and
-settings (and, through the BC checkpoint's name, BC's): rerunning the command skips the runs whose
-JSON exists, so an interrupted benchmark resumes. A failed run is reported and left out of the tables.
+head, and every post-training method starts from that checkpoint and trains for the fixed budget of
+``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0, 1]-rescaled
+ratings. With ``--tune``, every post-training row first gets the same grid of 8 trials on the first
+seed (SHARED_GRID x its METHOD_GRID key), chosen on the filtered valid NDCG@10, and every seed then
+runs at the choice. The RecBole baselines train with RecBole's own pipeline for at most
+``--baseline_epochs`` epochs. Every run is a process of ``run_recbole_align.py`` whose results JSON
+(and log) is kept under ``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers
+the run's model, dataset, config files and settings (and, through the BC checkpoint's name, BC's):
+rerunning the command skips the runs whose JSON exists, so an interrupted benchmark resumes. A
+failed run is reported and left out of the tables.
 
-Writes to ``--output_dir``: ``table.md`` (Table 3 on the rating-filtered test cases, the unfiltered
-metrics, the reward model's Table 2, the cost table; mean ± std over seeds, % change from BC, best in
-bold), ``table.csv``, ``unfiltered.csv``, ``reward_model.csv``, ``cost.csv``, ``epochs.png``
-(per-epoch filtered valid NDCG@10 of every method, the paper's Figure 2 view) and, with
-``--sweep_lambda``, ``lambda_sweep.png`` (Figure 3). Any other ``--key=value`` is a config override
-for every run; ``--epochs`` and ``--bc_epochs`` set the post-training and BC epoch budgets.
+Writes to ``--output_dir``: ``table.md`` (Table 3 on the rating-filtered test cases at the final epoch
+of the budget and at the best validation epoch, the unfiltered metrics, the reward model's Table 2,
+the cost table, the tuning trials; mean ± std over seeds, % change from BC, best in bold),
+``table.csv`` (best epoch), ``table_final.csv``, ``unfiltered.csv``, ``reward_model.csv``,
+``cost.csv``, ``tuning.csv``, ``epochs.png`` (filtered valid and test NDCG@10 per epoch of every
+method, the paper's Figure 2) and, with ``--sweep_lambda``, ``lambda_sweep.png`` (Figure 3, final
+epoch). Any other ``--key=value`` is a config override for every run; ``--bc_epochs`` sets BC's budget.
 """
 
 import argparse
 import ast
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -84,7 +90,7 @@ def run_hash(run, dataset, config_files, user_args):
 
 def execute(run, dataset, output_dir, config_files, user_args):
     """Run ``run`` in its own process (or reuse its results JSON); returns the seconds it took (0 if reused)."""
-    name = run.label.replace(" λ=", "-lambda")
+    name = run.label.replace(" λ=", "-lambda").replace(" ", "-")
     stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
@@ -109,18 +115,93 @@ def execute(run, dataset, output_dir, config_files, user_args):
     return time() - start
 
 
-def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs):
-    """The runs of one benchmark, in order: per seed, BC, the methods, the λ sweep, then the baselines.
-    A post-training run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
+VARIANTS = {"RSFT": (("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}))}  # rows beyond the method's own
+SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
+METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials for every row
+    "ExpRSFT": {"reward_lambda": (0.5, 1.0)},
+    "RSFT": {"weight_normalization": ("mean", "sum")},
+    "RSFT rescaled": {"weight_normalization": ("mean", "sum")},
+    "DRPO": {"drpo_keep_fraction": (0.25, 0.5)},
+    "PPO": {"kl_coef": (0.01, 0.1)},
+    "DPO": {"dpo_beta": (0.1, 0.5)},
+}
+
+
+def method_rows(methods):
+    """(label, model, settings) of every post-training row: each method, and RSFT on raw and on
+    [0, 1]-rescaled ratings."""
+    return [(label, m, settings) for m in methods if m != "BC" for label, settings in VARIANTS.get(m, ((m, {}),))]
+
+
+def grid(label):
+    """The tuning trials of a row: every combination of SHARED_GRID and its METHOD_GRID keys."""
+    space = {**SHARED_GRID, **METHOD_GRID[label]}
+    return [dict(zip(space, values)) for values in itertools.product(*space.values())]
+
+
+def post_settings(backbone, seed, epochs):
+    """What every post-training run of a seed gets: a fixed budget of ``epochs`` (early stopping off,
+    so that the final epoch is the budget's, as the paper trains 30 epochs)."""
+    return {"backbone": backbone, "seed": seed, "epochs": epochs, "stopping_step": epochs}
+
+
+def bc_run(seed, backbone, bc_epochs):
+    settings = {"backbone": backbone, "reward_head": True, "seed": seed}
+    return Run("BC", "BC", seed, {**settings, **({"epochs": bc_epochs} if bc_epochs is not None else {})})
+
+
+def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None):
+    """The runs of one benchmark, in order: per seed, BC, the methods (with ``tuned``: {label:
+    settings} on top), the λ sweep, then the baselines. A post-training run's
+    ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
     runs = []
     for seed in seeds:
-        bc = {"backbone": backbone, "reward_head": True, "seed": seed}
-        runs.append(Run("BC", "BC", seed, {**bc, **({"epochs": bc_epochs} if bc_epochs is not None else {})}))
-        post = {"backbone": backbone, "seed": seed, **({"epochs": epochs} if epochs is not None else {})}
-        runs += [Run(m, m, seed, dict(post)) for m in methods if m != "BC"]
+        runs.append(bc_run(seed, backbone, bc_epochs))
+        post = post_settings(backbone, seed, epochs)
+        runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
+                 for label, m, settings in method_rows(methods)]
         runs += [Run(f"ExpRSFT λ={lam:g}", "ExpRSFT", seed, {**post, "reward_lambda": lam}) for lam in lambdas]
         runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs}) for b in baselines]
     return runs
+
+
+def tuning_plan(seed, methods, backbone, bc_epochs, epochs):
+    """BC of ``seed`` and, for every post-training row, its grid's trials (same number each)."""
+    runs = [bc_run(seed, backbone, bc_epochs)]
+    post = post_settings(backbone, seed, epochs)
+    for label, m, settings in method_rows(methods):
+        runs += [Run(label, m, seed, {**post, **settings, **trial}) for trial in grid(label)]
+    return runs
+
+
+def tuning_choice(trials):
+    """{label: the settings of its trial with the highest filtered valid NDCG@10 (at its best epoch)}
+    among the finished ``trials`` (the first on ties)."""
+    chosen = {}
+    for label in dict.fromkeys(t.label for t in trials if t.model != "BC"):
+        finished = [t for t in trials if t.label == label and t.results is not None]
+        if finished:
+            best = max(finished, key=lambda t: t.results["valid_filtered"]["ndcg@10"])
+            chosen[label] = {key: best.settings[key] for key in grid(label)[0]}
+    return chosen
+
+
+def tuning_table(trials, chosen):
+    """(markdown, csv header, csv rows): every trial's settings and filtered valid NDCG@10 at its
+    best and its final epoch, the chosen one marked."""
+    header = ["Method", "trial", "valid NDCG@10 (best epoch)", "best epoch", "valid NDCG@10 (final epoch)", "chosen"]
+    rows = []
+    for trial in trials:
+        if trial.model == "BC" or trial.results is None:
+            continue
+        keys = grid(trial.label)[0]
+        setting = ", ".join(f"{key}={trial.settings[key]}" for key in keys)
+        log = trial.results["epoch_log"]
+        final = log[-1]["valid_filtered"]["ndcg@10"] if log and "valid_filtered" in log[-1] else None
+        is_chosen = chosen.get(trial.label) == {key: trial.settings[key] for key in keys}
+        rows.append([trial.label, setting, trial.results["valid_filtered"]["ndcg@10"], trial.results["best_epoch"],
+                     final if final is not None else "n/a", "yes" if is_chosen else ""])
+    return markdown_table(header, rows), header, rows
 
 
 def kind(run):
@@ -143,17 +224,32 @@ def mean_std(values):
     return (float(np.mean(values)), float(np.std(values))) if values else None
 
 
-def aggregate(runs, split):
-    """{label: {column: (mean, std)}} over seeds of the finished runs: the metrics of ``split``,
-    Avg Reward and the costs."""
+def metrics_at(results, split, view):
+    """The metrics of ``split`` at the run's best epoch (``view`` "best": its saved checkpoint, model
+    selection on the filtered valid cases) or at the last epoch of its budget ("final"; from the
+    per-epoch log, or the best epoch's when that was the last); None when the run did not log them."""
+    if view == "best":
+        return results[split]
+    last = results["epoch_log"][-1] if results["epoch_log"] else {}
+    if split in last:
+        return last[split]
+    return results[split] if last and last["epoch"] == results["best_epoch"] else None
+
+
+def aggregate(runs, split, view="best"):
+    """{label: {column: (mean, std)}} over seeds of the finished runs: the metrics of ``split`` at
+    ``view`` (:func:`metrics_at`), the epoch they come from, Avg Reward (best view only: it is
+    measured on the saved checkpoint) and the costs."""
     by_label = {}
     for run in runs:
         if run.results is not None:
             by_label.setdefault(run.label, []).append(run.results)
     table = {}
     for label, results in by_label.items():
-        row = {key: mean_std([r[split][key] for r in results]) for _, key in COLUMNS}
-        row["avg_reward"] = mean_std([r.get("avg_reward") for r in results])
+        at = [metrics_at(r, split, view) for r in results]
+        row = {key: mean_std([m[key] if m is not None else None for m in at]) for _, key in COLUMNS}
+        row["epoch"] = mean_std([(r["best_epoch"] if view == "best" else len(r["epoch_log"]) - 1) for r in results])
+        row["avg_reward"] = mean_std([r.get("avg_reward") for r in results]) if view == "best" else None
         for key in COST_KEYS:
             row[key] = mean_std([r[key] for r in results])
         row["seeds"] = len(results)
@@ -225,27 +321,30 @@ def pyplot():
 
 
 def plot_epochs(runs, methods, path, title):
-    """Filtered valid NDCG@10 per post-training epoch of each of ``methods`` (mean over seeds), with
-    BC's best epoch as a dashed line."""
+    """The paper's Figure 2: NDCG@10 on the rating-filtered valid (left) and test (right) cases after
+    every post-training epoch of each of ``methods`` (mean over seeds), BC's best epoch as a dashed line."""
     plt = pyplot()
-    curves = {}
-    for run in runs:
-        if run.label in methods and run.results is not None and run.results["epoch_log"]:
-            log = run.results["epoch_log"]
-            curves.setdefault(run.label, []).append([e["valid_filtered"]["ndcg@10"] for e in log if "valid_filtered" in e])
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, traces in curves.items():
-        length = min(len(t) for t in traces)
-        mean = np.mean([t[:length] for t in traces], axis=0)
-        if label == "BC":
-            ax.axhline(max(mean), color="grey", linestyle="--", label="BC (best epoch)")
-        else:
-            ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("post-training epoch")
-    ax.set_ylabel("valid NDCG@10 (rating >= threshold)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, split in zip(axes, ("valid_filtered", "test_filtered")):
+        curves = {}
+        for run in runs:
+            if run.label in methods and run.results is not None and run.results["epoch_log"]:
+                trace = [e[split]["ndcg@10"] for e in run.results["epoch_log"] if split in e]
+                if trace:
+                    curves.setdefault(run.label, []).append(trace)
+        for label, traces in curves.items():
+            length = min(len(t) for t in traces)
+            mean = np.mean([t[:length] for t in traces], axis=0)
+            if label != "BC":
+                ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
+        bc = [r.results for r in runs if r.label == "BC" and r.results is not None]
+        if bc:
+            ax.axhline(np.mean([r[split]["ndcg@10"] for r in bc]), color="grey", linestyle="--", label="BC (best epoch)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("post-training epoch")
+        ax.set_ylabel(f"{split.split('_')[0]} NDCG@10 (rating >= threshold)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -303,43 +402,79 @@ def hardware():
     return f"{device}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-def write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, wall_seconds):
-    """table.md, the CSV files and the plots from the finished runs."""
-    filtered = aggregate(runs, "test_filtered")
-    unfiltered = aggregate(runs, "test")
-    if not filtered:
+REWARD_MODEL_NOTE = (
+    "What the reward model sees: r̂(s, a) is the reward head on the BC model's HSTU state at the case, and "
+    "that state is conditioned on the held-out item's timestamp (HSTU's target-aware time encoding, as the "
+    "reference code); the user, item and global means are not given it. The head's offset is the mean of "
+    "all training ratings, so at initialisation it is the Global Mean predictor."
+)
+
+
+def table3(runs, split, view, labels):
+    """Table 3 rows of ``split`` at ``view`` (without the λ sweep), with the epoch column."""
+    rows = aggregate(runs, split, view)
+    return {label: rows[label] for label in labels if label in rows}
+
+
+def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None):
+    """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen)."""
+    best = table3(runs, "test_filtered", "best", labels)
+    if not best:
         raise AlignError("no run finished: nothing to tabulate (see the logs under runs/).")
-    main_rows = {label: row for label, row in filtered.items() if "λ=" not in label}
-    reward_columns = [("Avg Reward", "avg_reward")] if any(r["avg_reward"] for r in main_rows.values()) else []
+    final = table3(runs, "test_filtered", "final", labels)
+    reward_columns = [("Avg Reward", "avg_reward")] if any(r["avg_reward"] for r in best.values()) else []
+    epoch_column = [("epoch", "epoch")]
     sample = next(r.results for r in runs if r.results is not None)
     seeds = sorted({r.seed for r in runs})
+    budget = f"{args.epochs} post-training epochs (no early stopping), BC {args.bc_epochs or 'its yaml'} epochs"
     parts = [
         f"# Benchmark: {args.dataset}, backbone {args.backbone}, seeds {seeds}",
         f"Test cases rated >= {sample['eval_rating_threshold']}: {sample['n_test_filtered']} of {sample['n_test']}. "
-        f"Mean ± std over {len(seeds)} seed(s) of each run's best epoch (filtered valid NDCG@10); "
-        f"% change from BC's mean; best mean per column in bold. Avg Reward: the seed's BC reward head scoring "
-        f"the policy's samples." + (f" Baselines: RecBole's own training, at most {args.baseline_epochs} epochs."
-                                    if any(r.model == r.label and r.model not in METHODS for r in runs) else ""),
-        "## Table 3 (rating-filtered test cases)",
-        format_table(main_rows, [*COLUMNS, *reward_columns]),
-        "## Unfiltered test cases",
-        format_table({k: v for k, v in unfiltered.items() if "λ=" not in k}, COLUMNS),
+        f"Budget: {budget}. Mean ± std over {len(seeds)} seed(s); % change from BC's mean; best mean per column "
+        f"in bold; `epoch`: the (0-based) epoch the metrics come from. Avg Reward: the seed's BC reward head "
+        f"scoring the policy's samples (saved checkpoint)."
+        + (f" Baselines: RecBole's own training, at most {args.baseline_epochs} epochs."
+           if any(r.model == r.label and kind(r) == "baseline" for r in runs) else ""),
+        "## Table 3 at the final epoch of the budget (rating-filtered test cases)",
+        "The paper's view: every method trained for the fixed budget. BC: its best epoch (the starting checkpoint).",
+        format_table(final, [*COLUMNS, *epoch_column]),
+        "## Table 3 at the best validation epoch (rating-filtered test cases)",
+        "Model selection: each run's checkpoint with the best filtered valid NDCG@10.",
+        format_table(best, [*COLUMNS, *reward_columns, *epoch_column]),
+        "## Unfiltered test cases (best validation epoch)",
+        format_table(table3(runs, "test", "best", labels), COLUMNS),
+        "## Unfiltered test cases (final epoch)",
+        format_table(table3(runs, "test", "final", labels), COLUMNS),
     ]
-    header, rows = csv_rows(main_rows, [key for _, key in COLUMNS] + ["avg_reward"])
-    write_table(output_dir / "table.csv", header, rows)
-    write_table(output_dir / "unfiltered.csv", *csv_rows(unfiltered, [key for _, key in COLUMNS]))
+    keys = [key for _, key in COLUMNS]
+    write_table(output_dir / "table.csv", *csv_rows(best, [*keys, "avg_reward", "epoch"]))
+    write_table(output_dir / "table_final.csv", *csv_rows(final, [*keys, "epoch"]))
+    write_table(output_dir / "unfiltered.csv", *csv_rows(aggregate(runs, "test"), keys))
     table2 = reward_model_table(runs, args.dataset, output_dir, overrides)
     if table2 is not None:
-        parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", table2[0]]
+        parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", REWARD_MODEL_NOTE, table2[0]]
         write_table(output_dir / "reward_model.csv", table2[1], table2[2])
-    write_table(output_dir / "cost.csv", *csv_rows(filtered, COST_KEYS))
-    parts += ["## Cost (means over seeds; ratio to BC)", cost_table(filtered)]
-    plot_epochs(runs, methods, output_dir / "epochs.png", f"{args.dataset}, backbone {args.backbone}")
-    parts.append("![per-epoch filtered valid NDCG@10](epochs.png)")
+    costs = aggregate(runs, "test_filtered")
+    write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
+    parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
+    plot_epochs(runs, labels, output_dir / "epochs.png", f"{args.dataset}, backbone {args.backbone}")
+    parts.append("![per-epoch filtered valid and test NDCG@10 (Figure 2)](epochs.png)")
     if lambdas:
-        plot_lambda_sweep(filtered, lambdas, output_dir / "lambda_sweep.png", f"Exp-RSFT λ sweep on {args.dataset}")
-        sweep = {label: row for label, row in filtered.items() if label == "BC" or "λ=" in label}
-        parts += ["## λ sweep (Figure 3)", format_table(sweep, COLUMNS), "![λ sweep](lambda_sweep.png)"]
+        sweep_rows = {**{k: v for k, v in best.items() if k == "BC"},
+                      **{k: v for k, v in aggregate(runs, "test_filtered").items() if "λ=" in k}}
+        sweep_final = {**{k: v for k, v in final.items() if k == "BC"},
+                       **{k: v for k, v in aggregate(runs, "test_filtered", "final").items() if "λ=" in k}}
+        plot_lambda_sweep(sweep_final, lambdas, output_dir / "lambda_sweep.png",
+                          f"Exp-RSFT λ sweep on {args.dataset} (final epoch)")
+        parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep_final, [*COLUMNS, *epoch_column]),
+                  "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
+                  format_table(sweep_rows, [*COLUMNS, *epoch_column])]
+    if tuning is not None:
+        markdown, header, rows = tuning_table(*tuning)
+        write_table(output_dir / "tuning.csv", header, rows)
+        parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(iter(tuning[1]))))} trials per method, the same grid shape "
+                  f"for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
+                  f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
     failed = [f"- {r.label}, seed {r.seed}: {r.error}" for r in runs if r.error]
     if failed:
         parts += ["## Failed runs (left out of the tables)", "\n".join(failed)]
@@ -353,8 +488,31 @@ def write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, 
     return "\n\n".join(parts)
 
 
+def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage=""):
+    """Run ``runs`` in order (each post-training run from its seed's BC), printing progress."""
+    start, spent = time(), {}
+    for index, run in enumerate(runs, 1):
+        if run.model not in ("BC", *baselines):
+            bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
+            if bc.results is None:
+                run.error = f"its BC run failed ({bc.error})"
+                print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
+                continue
+            run.settings["pretrained_checkpoint"] = bc.results["checkpoint"]
+        seconds = execute(run, dataset, output_dir, config_files, user_args)
+        if seconds:
+            for key in {run.label, kind(run)}:
+                spent.setdefault(key, []).append(seconds)
+        left = remaining_seconds(runs[index:], spent)
+        status = (f"failed: {run.error}" if run.error else
+                  f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
+                  + (" (reused)" if not seconds else f" in {seconds:.0f} s"))
+        print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
+              f"~{left:.0f} s left", flush=True)
+
+
 def run_benchmark(args, user_args):
-    """Plan, run (resuming) and tabulate; returns the table.md text."""
+    """Plan, (tune,) run (resuming) and tabulate; returns the table.md text."""
     overrides = command_line_overrides(user_args)  # checked once, up front; passed verbatim to every run
     seeds = parse_list(args.seeds, "seeds", int)
     methods = parse_list(args.methods, "methods")
@@ -362,10 +520,15 @@ def run_benchmark(args, user_args):
     lambdas = parse_lambdas(args.sweep_lambda, "--sweep_lambda") if args.sweep_lambda else []
     if any(m not in METHODS for m in methods):
         raise AlignError(f"--methods must be among {list(METHODS)}; got {methods}.")
+    if args.epochs < 1:
+        raise AlignError(f"--epochs must be a positive integer; got {args.epochs}.")
     methods = ["BC", *(m for m in methods if m != "BC")]  # every method starts from its seed's BC
-    fixed = {"seed", "backbone", "reward_head", "pretrained_checkpoint", "results_file", "checkpoint_file"}
+    fixed = {"seed", "backbone", "reward_head", "pretrained_checkpoint", "results_file", "checkpoint_file",
+             "stopping_step"}
     if lambdas:
         fixed.add("reward_lambda")
+    if args.tune:
+        fixed |= {key for label, _, _ in method_rows(methods) for key in grid(label)[0]}
     if fixed & set(overrides):
         raise AlignError(f"the benchmark sets {sorted(fixed & set(overrides))} itself (use --seeds, --backbone ...).")
     config_files = [Path(f).resolve() for f in args.config_files.split()] if args.config_files else []
@@ -377,28 +540,17 @@ def run_benchmark(args, user_args):
         overrides["data_path"] = str(Path(args.data_path).resolve())
     command = " ".join(["python -m recbole_align.benchmark", *sys.argv[1:]])
 
-    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, args.baseline_epochs)
-    start, spent = time(), {}
-    for index, run in enumerate(runs, 1):
-        if run.model not in ("BC", *baselines):
-            bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
-            if bc.results is None:
-                run.error = f"its BC run failed ({bc.error})"
-                print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
-                continue
-            run.settings["pretrained_checkpoint"] = bc.results["checkpoint"]
-        seconds = execute(run, args.dataset, output_dir, config_files, user_args)
-        if seconds:
-            for key in {run.label, kind(run)}:
-                spent.setdefault(key, []).append(seconds)
-        elapsed = time() - start
-        left = remaining_seconds(runs[index:], spent)
-        status = (f"failed: {run.error}" if run.error else
-                  f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
-                  + (" (reused)" if not seconds else f" in {seconds:.0f} s"))
-        print(f"[{index}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {elapsed:.0f} s, "
-              f"~{left:.0f} s left", flush=True)
-    return write_outputs(runs, args, methods, lambdas, output_dir, overrides, command, time() - start)
+    start, tuning, chosen = time(), None, None
+    if args.tune:
+        trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs)
+        execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, stage="tuning ")
+        chosen = tuning_choice(trials)
+        tuning = (trials, chosen)
+    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, args.baseline_epochs,
+                chosen)
+    execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args)  # the tuning seed's: reused
+    labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
+    return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning)
 
 
 def main(argv=None):
@@ -411,7 +563,9 @@ def main(argv=None):
     parser.add_argument("--baseline_epochs", type=int, default=50, help="epoch budget of each baseline")
     parser.add_argument("--backbone", default="HSTU", help="HSTU or a RecBole sequential model (SASRec, GRU4Rec)")
     parser.add_argument("--bc_epochs", type=int, default=None, help="BC epoch budget (default: the backbone yaml's)")
-    parser.add_argument("--epochs", type=int, default=None, help="post-training epochs (default: each method's yaml)")
+    parser.add_argument("--epochs", type=int, default=30, help="post-training epochs, a fixed budget (the paper's 30)")
+    parser.add_argument("--tune", action="store_true",
+                        help="first tune every method on the first seed (8 trials each), then run all seeds at the choice")
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")
     parser.add_argument("--output_dir", default=None, help="default: benchmark/<dataset>-<backbone>")

@@ -235,6 +235,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     trainer = spec.trainer_class(config, recommender)
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"])
+    if config["epoch_test_metrics"]:
+        trainer.epoch_test_loaders = {split: loaders[split] for split in ("test", "test_filtered")}
 
     start = time()
     trainer.fit(train_data, loaders["valid_filtered"], saved=saved, show_progress=config["show_progress"])

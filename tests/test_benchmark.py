@@ -10,6 +10,8 @@ from conftest import REPO, TINY
 from recbole_align.benchmark import format_table, parse_list
 from recbole_align.errors import AlignError
 
+METRICS = ("hit@10", "hit@50", "ndcg@10", "ndcg@50", "mrr")
+
 
 def test_format_table_means_stds_changes_and_bold_best():
     rows = {
@@ -52,13 +54,14 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
     process = benchmark(tmp_path, ml100k_slice)
     assert process.returncode == 0, process.stderr[-3000:]
     out = tmp_path / "out"
-    for name in ("table.md", "table.csv", "unfiltered.csv", "reward_model.csv", "cost.csv", "epochs.png",
+    for name in ("table.md", "table.csv", "table_final.csv", "unfiltered.csv", "reward_model.csv", "cost.csv", "epochs.png",
                  "lambda_sweep.png"):
         assert (out / name).is_file(), name
     runs = sorted((out / "runs").glob("*.json"))
     assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1", "GRU4Rec"]
     table = (out / "table.md").read_text()
-    for heading in ("Table 3", "Unfiltered", "Table 2", "Cost", "λ sweep"):
+    for heading in ("Table 3 at the final epoch", "Table 3 at the best validation epoch", "Unfiltered", "Table 2",
+                    "Cost", "λ sweep", "held-out item's timestamp"):
         assert heading in table
     assert "| BC | " in table and "| ExpRSFT | " in table and "| GRU4Rec | " in table and "Avg Reward" in table
     assert process.stdout.count(" left") == 4  # one progress line per run
@@ -102,3 +105,40 @@ def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_tuning_gives_every_row_the_same_grid_and_the_choice_reuses_its_trial():
+    from recbole_align.benchmark import grid, plan, run_hash, tuning_choice, tuning_plan
+
+    methods = ["BC", "ExpRSFT", "RSFT", "PPO"]
+    trials = tuning_plan(2020, methods, "HSTU", 2, 3)
+    labels = [t.label for t in trials]
+    assert labels[0] == "BC" and {labels.count(label) for label in ("ExpRSFT", "RSFT", "RSFT rescaled", "PPO")} == {8}
+    assert all(t.settings["epochs"] == t.settings["stopping_step"] == 3 for t in trials[1:])  # fixed budget
+    assert all(t.settings["rescale_rewards"] for t in trials if t.label == "RSFT rescaled")
+    for index, trial in enumerate(trials[1:]):  # a made-up valid score per trial
+        trial.results = {"valid_filtered": {"ndcg@10": (index * 7 % 11) / 100}}
+    chosen = tuning_choice(trials)
+    for label in ("ExpRSFT", "RSFT", "RSFT rescaled", "PPO"):
+        scores = [t.results["valid_filtered"]["ndcg@10"] for t in trials if t.label == label]
+        best = next(t for t in trials if t.label == label and t.results["valid_filtered"]["ndcg@10"] == max(scores))
+        assert chosen[label] == {key: best.settings[key] for key in grid(label)[0]}
+        final = next(r for r in plan([2020, 2021], methods, [], [], "HSTU", 2, 3, 50, chosen)
+                     if r.label == label and r.seed == 2020)
+        assert run_hash(final, "d", [], []) == run_hash(best, "d", [], [])  # the tuning seed's run is reused
+
+
+def test_final_epoch_view_reads_the_last_logged_epoch():
+    from recbole_align.benchmark import Run, aggregate
+
+    def results(final_ndcg, best_epoch):
+        log = [{"epoch": e, "test_filtered": {key: 0.1 * (e + 1) for key in METRICS}} for e in range(3)]
+        log[-1]["test_filtered"] = {key: final_ndcg for key in METRICS}
+        return {"test_filtered": {key: 0.2 for key in METRICS}, "epoch_log": log, "best_epoch": best_epoch,
+                "avg_reward": 3.0, **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
+
+    runs = [Run("PPO", "PPO", seed, {}, results(value, 1)) for seed, value in ((1, 0.05), (2, 0.07))]
+    best, final = aggregate(runs, "test_filtered")["PPO"], aggregate(runs, "test_filtered", "final")["PPO"]
+    assert best["ndcg@10"] == (0.2, 0.0) and best["epoch"] == (1.0, 0.0) and best["avg_reward"] == (3.0, 0.0)
+    assert final["ndcg@10"] == pytest.approx((0.06, 0.01)) and final["epoch"] == (2.0, 0.0)
+    assert final["avg_reward"] is None  # measured on the saved (best) checkpoint only

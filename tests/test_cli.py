@@ -40,8 +40,11 @@ def test_hstu_end_to_end(tmp_path, ml100k_slice):
     check_results(results, "HSTU", ml100k_slice)
     assert results["epochs_run"] == 2
     assert results["best_epoch"] in (0, 1)
-    best = results["epoch_log"][results["best_epoch"]]["valid_filtered"]
-    assert best == results["valid_filtered"]  # the best checkpoint was the one evaluated
+    best = results["epoch_log"][results["best_epoch"]]
+    assert best["valid_filtered"] == results["valid_filtered"]  # the best checkpoint was the one evaluated
+    for split in ("test", "test_filtered"):  # per-epoch test metrics: those of the epoch's own weights
+        assert best[split] == results[split]
+        assert all(set(entry[split]) == METRICS for entry in results["epoch_log"])
 
 
 def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice):

@@ -14,10 +14,11 @@ from test_hstu import DAY, MAX_LEN, make_batch, make_model
 from recbole_align.compat import load_checkpoint
 from recbole_align.trainer.dpo import dpo_loss, rank_pairs
 from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_distinct_pairs, sample_items
-from recbole_align.trainer.ppo import ppo_loss
+from recbole_align.trainer.on_policy import frozen_copy
+from recbole_align.trainer.ppo import PPOTrainer, RepeatedBatches, ppo_loss
 
 LOG = torch.log
-TWO_EPOCHS = tiny("--epochs=2")  # PPO's pi_old moves once
+TWO_EPOCHS = tiny("--epochs=2")
 
 
 def test_ppo_loss_against_hand_computed_values():
@@ -39,6 +40,37 @@ def test_ppo_loss_against_hand_computed_values():
     no_kl = ppo_loss(log_pi.gather(1, actions), log_old, exact_kl(log_pi, log_ref), rewards, 0.2, 0.0)[0]
     (grad,) = torch.autograd.grad(no_kl, log_pi)
     assert grad[0].tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
+
+
+def ppo_trainer_on(model, ppo_epochs):
+    """A PPOTrainer's rollout state around ``model`` and its frozen copy as π_BC, without RecBole's
+    Trainer (batch_loss needs nothing else)."""
+    trainer = PPOTrainer.__new__(PPOTrainer)
+    trainer.model, trainer.reference = model, frozen_copy(model)
+    trainer.sampling_temperature, trainer.num_samples, trainer.clip_epsilon, trainer.kl_coef = 1.0, 4, 0.2, 0.0
+    trainer.ppo_epochs, trainer.passes_done, trainer.rollout, trainer.batch_stats = ppo_epochs, 0, None, []
+    return trainer
+
+
+def test_standard_ppo_samples_one_rollout_per_batch_and_passes_over_it(one_thread):
+    torch.manual_seed(0)
+    model = make_model("CE", n_items=41, reward_head=True, dropout_prob=0.0)
+    for parameter in model.reward_head.parameters():  # a reward model that is not constant (its last layer starts at 0)
+        torch.nn.init.normal_(parameter)
+    trainer = ppo_trainer_on(model, ppo_epochs=2)
+    batch = planted_batch(random.Random(3), n_users=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    rollouts = []
+    for _ in range(4):  # two batches' worth of passes: sample, reuse, sample, reuse
+        optimizer.zero_grad()
+        trainer.batch_loss(batch).backward()
+        optimizer.step()
+        rollouts.append(trainer.rollout)
+    assert rollouts[0] is rollouts[1] and rollouts[2] is rollouts[3] and rollouts[1] is not rollouts[2]
+    clip_fractions = [float(stats["clip_fraction"]) for stats in trainer.batch_stats]
+    assert clip_fractions[0] == clip_fractions[2] == 0.0  # a fresh rollout: π_θ = π_old, ratio 1
+    assert clip_fractions[1] > 0 and clip_fractions[3] > 0  # the second pass, after a large step, clips
+    assert list(RepeatedBatches(["a", "b"], 3)) == ["a"] * 3 + ["b"] * 3 and len(RepeatedBatches(["a", "b"], 3)) == 6
 
 
 def test_exact_kl_ignores_excluded_items_and_has_finite_gradients():

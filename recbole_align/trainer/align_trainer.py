@@ -49,8 +49,9 @@ class AlignTrainerMixin:
       window, as the HSTU reference does); RecBole 1.2.1 excludes nothing for sequential models;
     * ``checkpoint_file`` (config key) to choose the checkpoint's path;
     * a clear error when the training loss becomes NaN or infinite (RecBole checks NaN only);
-    * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics and any
-      statistics a post-training trainer adds) that ends up in the results JSON;
+    * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics, the metrics of
+      ``epoch_test_loaders`` (the test cases, filtered and unfiltered: never used for model
+      selection) and any statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
     * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
     * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
@@ -68,6 +69,7 @@ class AlignTrainerMixin:
         if config["mixed_precision"] not in (None, "bf16"):
             raise AlignError(f"mixed_precision must be bf16 or ~ (fp32), got {config['mixed_precision']!r}.")
         self.epoch_log = []
+        self.epoch_test_loaders = {}  # {split: loader} evaluated after every validation (epoch_test_metrics)
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
@@ -120,7 +122,10 @@ class AlignTrainerMixin:
     def _valid_epoch(self, valid_data, show_progress=False):
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
         if self.epoch_log:
-            self.epoch_log[-1]["valid_filtered"] = dict(valid_result)
+            entry = self.epoch_log[-1]
+            entry["valid_filtered"] = dict(valid_result)
+            for split, loader in self.epoch_test_loaders.items():
+                entry[split] = dict(self.evaluate(loader, load_best_model=False))
         return valid_score, valid_result
 
     def _full_sort_batch_eval(self, batched_data):

@@ -1,15 +1,21 @@
 """PPO (Schulman et al., 2017) as one-step bandit RLHF: the Exp-RSFT paper's PPO baseline (sec. 6).
 
-Each context (every valid position of a batch) is a one-step episode: K items are sampled from the
-rollout policy π_old over the catalogue minus the history, scored by the frozen reward head, and the
-policy maximises the clipped surrogate with group-mean advantages, minus an exact KL penalty to the
-frozen BC policy. No critic. π_old is the policy at the start of each epoch, so each epoch is one
-rollout consumed in one pass of minibatches (ours). Hyper-parameters: properties/model/PPO.yaml.
+Each context (every valid position of a batch) is a one-step episode. Standard PPO, per training
+batch: a rollout of K items per context is sampled from the current policy (π_old = the policy at
+that moment, no gradient) over the catalogue minus the history and scored by the frozen reward head;
+then ``ppo_epochs`` clipped passes (optimizer steps) over that rollout maximise the clipped surrogate
+with group-mean advantages, minus an exact KL penalty to the frozen BC policy; then the next batch.
+No critic. Hyper-parameters: properties/model/PPO.yaml.
 """
+
+from collections import namedtuple
 
 import torch
 
-from recbole_align.trainer.on_policy import OnPolicyTrainer, frozen_copy, log_probs_and_kl, sample_with_log_probs
+from recbole_align.errors import AlignError
+from recbole_align.trainer.on_policy import OnPolicyTrainer, log_probs_and_kl, sample_with_log_probs
+
+Rollout = namedtuple("Rollout", "reference_states excluded actions log_old rewards")
 
 
 def ppo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef):
@@ -38,30 +44,58 @@ def ppo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef):
     return -clip_objective + kl_coef * kl, stats
 
 
+class RepeatedBatches:
+    """A train loader whose every batch comes ``repeats`` times in a row (PPO's passes over one
+    rollout, each an optimizer step of RecBole's training loop); anything else is the loader's."""
+
+    def __init__(self, loader, repeats):
+        self.loader, self.repeats = loader, repeats
+
+    def __iter__(self):
+        for batch in self.loader:
+            for _ in range(self.repeats):
+                yield batch
+
+    def __len__(self):
+        return len(self.loader) * self.repeats
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
 class PPOTrainer(OnPolicyTrainer):
-    """One-step PPO against the reward head, anchored to the BC policy by an exact KL penalty."""
+    """Standard one-step PPO against the reward head, anchored to the BC policy by an exact KL penalty."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.num_samples = config["num_samples"]
         self.clip_epsilon = config["clip_epsilon"]
         self.kl_coef = config["kl_coef"]
-        self.rollout_policy = None
+        self.ppo_epochs = config["ppo_epochs"]
+        if not isinstance(self.ppo_epochs, int) or isinstance(self.ppo_epochs, bool) or self.ppo_epochs < 1:
+            raise AlignError(f"ppo_epochs must be a positive integer, got {self.ppo_epochs!r}.")
+        self.rollout, self.passes_done = None, 0
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        self.rollout_policy = frozen_copy(self.model)  # pi_old for this epoch's rollouts
-        return super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        self.passes_done = 0
+        return super()._train_epoch(RepeatedBatches(train_data, self.ppo_epochs), epoch_idx, loss_func, show_progress)
 
     def batch_loss(self, interaction):
-        """ppo_loss on K items per context sampled from pi_old at ``sampling_temperature`` (the ratio
-        and the KL are taken on the same tempered policies)."""
+        """ppo_loss of one pass over the batch's rollout; the first pass samples it from the policy's
+        own states (so its ratio is 1) at ``sampling_temperature`` (the ratio and the KL are taken on
+        the same tempered policies)."""
         temperature = self.sampling_temperature
-        states, reference_states, excluded = self.contexts(interaction)
-        with torch.no_grad():
-            old_states = self.rollout_policy.position_states(interaction)[0]
-            actions, log_old = sample_with_log_probs(self.rollout_policy, old_states, excluded, self.num_samples, temperature)
-            rewards = self.reward(reference_states, actions)
-        log_pi, kl = log_probs_and_kl(self.model, states, self.reference, reference_states, excluded, actions, temperature)
-        loss, stats = ppo_loss(log_pi, log_old, kl, rewards, self.clip_epsilon, self.kl_coef)
-        self.batch_stats.append({"sample_reward": rewards.mean(), **stats})
+        if self.passes_done % self.ppo_epochs == 0:
+            states, reference_states, excluded = self.contexts(interaction)
+            actions, log_old = sample_with_log_probs(self.model, states.detach(), excluded, self.num_samples, temperature)
+            self.rollout = Rollout(reference_states, excluded, actions, log_old, self.reward(reference_states, actions))
+        else:
+            states = self.model.position_states(interaction)[0]
+        self.passes_done += 1
+        rollout = self.rollout
+        log_pi, kl = log_probs_and_kl(
+            self.model, states, self.reference, rollout.reference_states, rollout.excluded, rollout.actions, temperature
+        )
+        loss, stats = ppo_loss(log_pi, rollout.log_old, kl, rollout.rewards, self.clip_epsilon, self.kl_coef)
+        self.batch_stats.append({"sample_reward": rollout.rewards.mean(), **stats})
         return loss
