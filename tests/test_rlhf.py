@@ -207,8 +207,9 @@ def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
     assert process.returncode == 0, process.stderr[-2000:]
     assert results["model"] == "PPO" and len(results["epoch_log"]) == 2
     assert {"sample_reward", "kl_to_bc", "clip_fraction"} <= set(results["epoch_log"][-1])
-    assert results["epoch_log"][0]["kl_to_bc"] == pytest.approx(0.0, abs=1e-6)  # starts at the BC policy
-    assert results["epoch_log"][1]["kl_to_bc"] > 0
+    kl = [entry["kl_to_bc"] for entry in results["epoch_log"]]
+    assert all(0 < value < 0.01 for value in kl)  # near the BC policy it starts at (first pass: KL 0), not at it
+    assert all(0 <= entry["clip_fraction"] <= 1 for entry in results["epoch_log"])
     assert 1.0 <= results["avg_reward"] <= 5.0
     bc = load_checkpoint(results["pretrained_checkpoint"])
     ppo = load_checkpoint(results["checkpoint"])
