@@ -257,9 +257,13 @@ def aggregate(runs, split, view="best"):
     return table
 
 
+PLAIN_COLUMNS = ("epoch",)  # counts, not scores: no bold, no % change
+
+
 def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
     """Markdown: one row per label with "mean ± std" per column (with more than one seed), the % change
-    of the mean from ``base``'s and, with ``bold_best``, the highest mean of each column in bold.
+    of the mean from ``base``'s and, with ``bold_best``, the highest mean of each column in bold
+    (neither for PLAIN_COLUMNS, shown with one decimal).
     ``rows``: {label: {key: (mean, std) or None, "seeds": n}}; ``columns``: [(header, key)]."""
     best = {}
     for _, key in columns:
@@ -273,6 +277,9 @@ def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
                 cells.append("n/a")
                 continue
             mean, std = row[key]
+            if key in PLAIN_COLUMNS:
+                cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if row.get("seeds", 1) > 1 else ""))
+                continue
             text = f"{mean:.4f}" + (f" ± {std:.4f}" if row.get("seeds", 1) > 1 else "")
             if bold_best and mean == best[key]:
                 text = f"**{text}**"
@@ -411,8 +418,9 @@ REWARD_MODEL_NOTE = (
 
 
 def table3(runs, split, view, labels):
-    """Table 3 rows of ``split`` at ``view`` (without the λ sweep), with the epoch column."""
-    rows = aggregate(runs, split, view)
+    """Table 3 rows of ``split`` at ``view`` (without the λ sweep), with the epoch column; BC's row is
+    always its best epoch, the checkpoint that every method starts from."""
+    rows = {**aggregate(runs, split, view), **{k: v for k, v in aggregate(runs, split).items() if k == "BC"}}
     return {label: rows[label] for label in labels if label in rows}
 
 
@@ -462,7 +470,7 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     if lambdas:
         sweep_rows = {**{k: v for k, v in best.items() if k == "BC"},
                       **{k: v for k, v in aggregate(runs, "test_filtered").items() if "λ=" in k}}
-        sweep_final = {**{k: v for k, v in final.items() if k == "BC"},
+        sweep_final = {**{k: v for k, v in best.items() if k == "BC"},
                        **{k: v for k, v in aggregate(runs, "test_filtered", "final").items() if "λ=" in k}}
         plot_lambda_sweep(sweep_final, lambdas, output_dir / "lambda_sweep.png",
                           f"Exp-RSFT λ sweep on {args.dataset} (final epoch)")

@@ -142,3 +142,19 @@ def test_final_epoch_view_reads_the_last_logged_epoch():
     assert best["ndcg@10"] == (0.2, 0.0) and best["epoch"] == (1.0, 0.0) and best["avg_reward"] == (3.0, 0.0)
     assert final["ndcg@10"] == pytest.approx((0.06, 0.01)) and final["epoch"] == (2.0, 0.0)
     assert final["avg_reward"] is None  # measured on the saved (best) checkpoint only
+
+
+def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
+    from recbole_align.benchmark import Run, format_table, table3
+
+    def results(best_ndcg, final_ndcg, epochs):
+        log = [{"epoch": e, "test_filtered": {key: final_ndcg for key in METRICS}} for e in range(epochs)]
+        return {"test_filtered": {key: best_ndcg for key in METRICS}, "epoch_log": log, "best_epoch": 0,
+                **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
+
+    runs = [Run("BC", "BC", 1, {}, results(0.2, 0.1, 12)), Run("PPO", "PPO", 1, {}, results(0.3, 0.05, 4))]
+    final = table3(runs, "test_filtered", "final", ["BC", "PPO"])
+    assert final["BC"]["ndcg@10"] == (0.2, 0.0) and final["BC"]["epoch"] == (0.0, 0.0)  # the starting checkpoint
+    assert final["PPO"]["ndcg@10"] == (0.05, 0.0) and final["PPO"]["epoch"] == (3.0, 0.0)
+    lines = format_table(final, [("NDCG@10", "ndcg@10"), ("epoch", "epoch")]).splitlines()
+    assert lines[2:] == ["| BC | **0.2000** | 0.0 |", "| PPO | 0.0500 (-75.0%) | 3.0 |"]
