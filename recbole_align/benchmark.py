@@ -248,7 +248,7 @@ def aggregate(runs, split, view="best"):
     for label, results in by_label.items():
         at = [metrics_at(r, split, view) for r in results]
         row = {key: mean_std([m[key] if m is not None else None for m in at]) for _, key in COLUMNS}
-        row["epoch"] = mean_std([(r["best_epoch"] if view == "best" else len(r["epoch_log"]) - 1) for r in results])
+        row["epoch"] = mean_std([r["best_epoch"] if view == "best" else r["epoch_log"][-1]["epoch"] for r in results])
         row["avg_reward"] = mean_std([r.get("avg_reward") for r in results]) if view == "best" else None
         for key in COST_KEYS:
             row[key] = mean_std([r[key] for r in results])
@@ -468,22 +468,27 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     plot_epochs(runs, labels, output_dir / "epochs.png", f"{args.dataset}, backbone {args.backbone}")
     parts.append("![per-epoch filtered valid and test NDCG@10 (Figure 2)](epochs.png)")
     if lambdas:
-        sweep_rows = {**{k: v for k, v in best.items() if k == "BC"},
-                      **{k: v for k, v in aggregate(runs, "test_filtered").items() if "λ=" in k}}
-        sweep_final = {**{k: v for k, v in best.items() if k == "BC"},
-                       **{k: v for k, v in aggregate(runs, "test_filtered", "final").items() if "λ=" in k}}
-        plot_lambda_sweep(sweep_final, lambdas, output_dir / "lambda_sweep.png",
+        sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
+                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k}}
+                 for view in ("final", "best")}
+        plot_lambda_sweep(sweep["final"], lambdas, output_dir / "lambda_sweep.png",
                           f"Exp-RSFT λ sweep on {args.dataset} (final epoch)")
-        parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep_final, [*COLUMNS, *epoch_column]),
+        parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
-                  format_table(sweep_rows, [*COLUMNS, *epoch_column])]
+                  format_table(sweep["best"], [*COLUMNS, *epoch_column])]
+    trials = []
     if tuning is not None:
-        markdown, header, rows = tuning_table(*tuning)
+        trials, chosen = tuning
+        markdown, header, rows = tuning_table(trials, chosen)
         write_table(output_dir / "tuning.csv", header, rows)
-        parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(iter(tuning[1]))))} trials per method, the same grid shape "
-                  f"for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
+        untuned = [label for label in dict.fromkeys(t.label for t in trials if t.model != "BC") if label not in chosen]
+        parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(iter(METHOD_GRID))))} trials per method, the same grid "
+                  f"shape for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
                   f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
-    failed = [f"- {r.label}, seed {r.seed}: {r.error}" for r in runs if r.error]
+        if untuned:
+            parts.append(f"No trial finished for {', '.join(untuned)}: those rows ran at their yaml defaults.")
+    failed = [f"- {r.label}, seed {r.seed}{tag}: {r.error}"
+              for group, tag in ((trials, " (tuning trial)"), (runs, "")) for r in group if r.error]
     if failed:
         parts += ["## Failed runs (left out of the tables)", "\n".join(failed)]
     trained = sum(r.results["train_seconds"] for r in runs if r.results is not None)

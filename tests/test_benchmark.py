@@ -96,6 +96,7 @@ def test_remaining_time_uses_finished_runs_of_the_same_kind():
     (["--methods=[BC,NoSuchMethod]"], "--methods must be among"),
     (["--sweep_lambda=[0.5,0]"], "--sweep_lambda must be a list of numbers > 0"),
     (["--seeds=[]"], "--seeds must be a non-empty list"),
+    (["--epochs=0"], "--epochs must be a positive integer"),
 ])
 def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message):
     from recbole_align.benchmark import main

@@ -249,6 +249,15 @@ def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, 
     assert process.stderr.strip().splitlines()[-1].startswith("recbole-align: error: PPO needs a reward head")
 
 
+def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_path):
+    process, results = run_cli(
+        tmp_path, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", "--ppo_epochs=0", *TINY,
+    )
+    assert process.returncode == 2 and results is None
+    assert process.stderr.strip().splitlines()[-1] == "recbole-align: error: ppo_epochs must be a positive integer, got 0."
+
+
 def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run, tmp_path):
     bc, ppo = ppo_run[1]["pretrained_checkpoint"], ppo_run[1]["checkpoint"]
     no_head = without_reward_head(bc, tmp_path / "bc-no-head.pth")  # a policy trained without a head
