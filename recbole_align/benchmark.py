@@ -44,9 +44,10 @@ from recbole_align.diagnostics import PREDICTORS, markdown_table, run_diagnostic
 from recbole_align.errors import AlignError
 from recbole_align.quick_start import command_line_overrides
 from recbole_align.sweep import parse_lambdas
+from recbole_align.trainer.align_trainer import last_state_file
 
 METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
-BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec")
+BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
 COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
 COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
 RUN_SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_align.py"
@@ -62,6 +63,7 @@ class Run:
     settings: dict  # config overrides set by the benchmark (the user's --key=value come on top)
     results: dict = field(default=None)
     error: str = None
+    resumed: bool = False  # continued from the last validated epoch of an interrupted invocation
 
 
 def parse_list(text, name, kind=str):
@@ -97,15 +99,17 @@ def execute(run, dataset, output_dir, config_files, user_args):
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())
         return 0.0
+    last_state = Path(last_state_file(run.settings["checkpoint_file"]))  # an interrupted run goes on from there
+    run.resumed = last_state.is_file()
     start = time()
     command = [
         sys.executable, str(RUN_SCRIPT), f"--model={run.model}", f"--dataset={dataset}",
         *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
         *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
-        f"--results_file={results_file}",
+        f"--results_file={results_file}", *([f"--resume={last_state}"] if last_state.is_file() else []),
         *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
     ]
-    with open(log_file, "w") as log:
+    with open(log_file, "a" if last_state.is_file() else "w") as log:
         process = subprocess.run(command, cwd=output_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
     if process.returncode == 0 and results_file.is_file():
         run.results = json.loads(results_file.read_text())
@@ -150,10 +154,26 @@ def bc_run(seed, backbone, bc_epochs):
     return Run("BC", "BC", seed, {**settings, **({"epochs": bc_epochs} if bc_epochs is not None else {})})
 
 
+def parse_budgets(text, baselines):
+    """``--baseline_epochs``: "N" (every baseline) or "Model:N,...,N" (a budget per model, N for the
+    rest; RecBole's 300 when no bare N) -> {baseline: epochs}, or a clear error."""
+    default, budgets = 300, {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        name, _, value = entry.rpartition(":")
+        if not value.isdigit() or int(value) < 1 or (name and name not in baselines):
+            raise AlignError(f"--baseline_epochs takes N or Model:N entries (N > 0, Model among --baselines {baselines}); "
+                             f"got {entry!r}.")
+        if name:
+            budgets[name] = int(value)
+        else:
+            default = int(value)
+    return {b: budgets.get(b, default) for b in baselines}
+
+
 def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None):
     """The runs of one benchmark, in order: per seed, BC, the methods (with ``tuned``: {label:
-    settings} on top), the λ sweep, then the baselines. A post-training run's
-    ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
+    settings} on top), the λ sweep, then the baselines (``baseline_epochs``: {baseline: budget}; RecBole's
+    early stopping). A post-training run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
     runs = []
     for seed in seeds:
         runs.append(bc_run(seed, backbone, bc_epochs))
@@ -161,7 +181,7 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
         runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
                  for label, m, settings in method_rows(methods)]
         runs += [Run(f"ExpRSFT λ={lam:g}", "ExpRSFT", seed, {**post, "reward_lambda": lam}) for lam in lambdas]
-        runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs}) for b in baselines]
+        runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs[b]}) for b in baselines]
     return runs
 
 
@@ -252,6 +272,7 @@ def aggregate(runs, split, view="best"):
         row["avg_reward"] = mean_std([r.get("avg_reward") for r in results]) if view == "best" else None
         for key in COST_KEYS:
             row[key] = mean_std([r[key] for r in results])
+        row["stopped_early"] = sum(r["epochs_run"] < r["config"]["epochs"] for r in results)
         row["seeds"] = len(results)
         table[label] = row
     return table
@@ -292,8 +313,10 @@ def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
 
 
 def cost_table(rows, base="BC"):
-    """Seconds per epoch, epochs, training seconds and peak memory (means over seeds), each ÷ BC's."""
-    header = ["Method", "s/epoch", "epochs", "train s", "peak MB"]
+    """Seconds per epoch, epochs, training seconds and peak memory (means over seeds), each ÷ BC's, and
+    how many seeds stopped early (converged: ``stopping_step`` epochs without a better valid score)
+    rather than at the end of their budget."""
+    header = ["Method", "s/epoch", "epochs", "train s", "peak MB", "stopped early"]
     lines = []
     for label, row in rows.items():
         cells = []
@@ -302,7 +325,7 @@ def cost_table(rows, base="BC"):
             base_mean = rows.get(base, {}).get(key, (None,))[0]
             ratio = f" ({mean / base_mean:.2f}x)" if label != base and base_mean else ""
             cells.append(f"{mean:.1f}{ratio}")
-        lines.append([label, *cells])
+        lines.append([label, *cells, f"{row['stopped_early']}/{row['seeds']}"])
     return markdown_table(header, lines)
 
 
@@ -327,28 +350,30 @@ def pyplot():
     return plt
 
 
-def plot_epochs(runs, methods, path, title):
-    """The paper's Figure 2: NDCG@10 on the rating-filtered valid (left) and test (right) cases after
-    every post-training epoch of each of ``methods`` (mean over seeds), BC's best epoch as a dashed line."""
+def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_of_bc=False):
+    """NDCG@10 on the rating-filtered valid (left) and test (right) cases after every epoch of each of
+    ``labels`` (mean over seeds): the paper's Figure 2 for the post-training methods, with BC's best
+    epoch as a dashed line; with ``curve_of_bc``, BC's own training curve instead (beside the
+    baselines' training curves)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
     for ax, split in zip(axes, ("valid_filtered", "test_filtered")):
         curves = {}
         for run in runs:
-            if run.label in methods and run.results is not None and run.results["epoch_log"]:
+            if run.label in labels and run.results is not None and run.results["epoch_log"]:
                 trace = [e[split]["ndcg@10"] for e in run.results["epoch_log"] if split in e]
                 if trace:
                     curves.setdefault(run.label, []).append(trace)
         for label, traces in curves.items():
             length = min(len(t) for t in traces)
             mean = np.mean([t[:length] for t in traces], axis=0)
-            if label != "BC":
+            if label != "BC" or curve_of_bc:
                 ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
         bc = [r.results for r in runs if r.label == "BC" and r.results is not None]
-        if bc:
+        if bc and not curve_of_bc:
             ax.axhline(np.mean([r[split]["ndcg@10"] for r in bc]), color="grey", linestyle="--", label="BC (best epoch)")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel("post-training epoch")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{split.split('_')[0]} NDCG@10 (rating >= threshold)")
         ax.legend(fontsize=8)
     fig.suptitle(title)
@@ -382,6 +407,7 @@ def reward_model_table(runs, dataset, output_dir, overrides):
     """Table 2 (MSE, MAE of the reward head and the naive predictors; mean ± std over the seeds' BC
     checkpoints) as (markdown, csv header, csv rows), or None without a finished BC."""
     checkpoints = [r.results["checkpoint"] for r in runs if r.label == "BC" and r.results is not None]
+    checkpoints = [c for c in checkpoints if Path(c).is_file()]  # a reused BC JSON may outlive its checkpoint
     if not checkpoints:
         return None
     errors = []
@@ -441,7 +467,7 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         f"Budget: {budget}. Mean ± std over {len(seeds)} seed(s); % change from BC's mean; best mean per column "
         f"in bold; `epoch`: the (0-based) epoch the metrics come from. Avg Reward: the seed's BC reward head "
         f"scoring the policy's samples (saved checkpoint)."
-        + (f" Baselines: RecBole's own training, at most {args.baseline_epochs} epochs."
+        + (f" Baselines: RecBole's own training and early stopping, budget (epochs) {args.baseline_epochs}."
            if any(r.model == r.label and kind(r) == "baseline" for r in runs) else ""),
         "## Table 3 at the final epoch of the budget (rating-filtered test cases)",
         "The paper's view: every method trained for the fixed budget. BC: its best epoch (the starting checkpoint).",
@@ -462,11 +488,19 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     if table2 is not None:
         parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", REWARD_MODEL_NOTE, table2[0]]
         write_table(output_dir / "reward_model.csv", table2[1], table2[2])
+    else:
+        parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs is on disk any more.")
     costs = aggregate(runs, "test_filtered")
     write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
     parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
-    plot_epochs(runs, labels, output_dir / "epochs.png", f"{args.dataset}, backbone {args.backbone}")
+    baselines = [label for label in labels if any(r.label == label and kind(r) == "baseline" for r in runs)]
+    plot_epochs(runs, [label for label in labels if label not in baselines], output_dir / "epochs.png",
+                f"{args.dataset}, backbone {args.backbone}")
     parts.append("![per-epoch filtered valid and test NDCG@10 (Figure 2)](epochs.png)")
+    if baselines:
+        plot_epochs(runs, ["BC", *baselines], output_dir / "baselines.png", f"{args.dataset}: training curves",
+                    xlabel="training epoch", curve_of_bc=True)
+        parts.append("![per-epoch filtered valid and test NDCG@10 of BC and the baselines](baselines.png)")
     if lambdas:
         sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
                         **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k}}
@@ -519,7 +553,7 @@ def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, s
         left = remaining_seconds(runs[index:], spent)
         status = (f"failed: {run.error}" if run.error else
                   f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
-                  + (" (reused)" if not seconds else f" in {seconds:.0f} s"))
+                  + (" (reused)" if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
         print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
               f"~{left:.0f} s left", flush=True)
 
@@ -530,6 +564,7 @@ def run_benchmark(args, user_args):
     seeds = parse_list(args.seeds, "seeds", int)
     methods = parse_list(args.methods, "methods")
     baselines = parse_list(args.baselines, "baselines") if args.baselines.strip("[] ") else []
+    baseline_epochs = parse_budgets(args.baseline_epochs, baselines)
     lambdas = parse_lambdas(args.sweep_lambda, "--sweep_lambda") if args.sweep_lambda else []
     if any(m not in METHODS for m in methods):
         raise AlignError(f"--methods must be among {list(METHODS)}; got {methods}.")
@@ -551,7 +586,7 @@ def run_benchmark(args, user_args):
     if args.data_path:
         user_args = [*user_args, f"--data_path={Path(args.data_path).resolve()}"]
         overrides["data_path"] = str(Path(args.data_path).resolve())
-    command = " ".join(["python -m recbole_align.benchmark", *sys.argv[1:]])
+    command = " ".join(["python -m recbole_align.benchmark", *args.argv])
 
     start, tuning, chosen = time(), None, None
     if args.tune:
@@ -559,8 +594,7 @@ def run_benchmark(args, user_args):
         execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, stage="tuning ")
         chosen = tuning_choice(trials)
         tuning = (trials, chosen)
-    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, args.baseline_epochs,
-                chosen)
+    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen)
     execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args)  # the tuning seed's: reused
     labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
     return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning)
@@ -573,7 +607,9 @@ def main(argv=None):
     parser.add_argument("--seeds", default="[2020]", help='e.g. "[2020,2021,2022]"')
     parser.add_argument("--methods", default=f"[{','.join(METHODS)}]", help="BC and post-training methods")
     parser.add_argument("--baselines", default=f"[{','.join(BASELINES)}]", help='RecBole models; "[]" for none')
-    parser.add_argument("--baseline_epochs", type=int, default=50, help="epoch budget of each baseline")
+    parser.add_argument("--baseline_epochs", default="300",
+                        help='epoch budget of the baselines: N, or per model "SASRec:5,300" (RecBole\'s 300 by default; '
+                             "early stopping after stopping_step, RecBole's 10, epochs without improvement)")
     parser.add_argument("--backbone", default="HSTU", help="HSTU or a RecBole sequential model (SASRec, GRU4Rec)")
     parser.add_argument("--bc_epochs", type=int, default=None, help="BC epoch budget (default: the backbone yaml's)")
     parser.add_argument("--epochs", type=int, default=30, help="post-training epochs, a fixed budget (the paper's 30)")
@@ -582,7 +618,9 @@ def main(argv=None):
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")
     parser.add_argument("--output_dir", default=None, help="default: benchmark/<dataset>-<backbone>")
-    args, rest = parser.parse_known_args(argv)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args.argv = sys.argv[1:] if argv is None else argv  # for the report
+    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the in-process diagnostics get config_dict only
     try:
         print(run_benchmark(args, rest))
     except AlignError as error:

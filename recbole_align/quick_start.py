@@ -13,7 +13,7 @@ from time import time
 import torch
 from recbole.config import Config
 from recbole.data import data_preparation
-from recbole.utils import ModelType, get_local_time, get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import InputType, ModelType, get_local_time, get_model, get_trainer, init_logger, init_seed, set_color
 
 from recbole_align.compat import join_process_group
 from recbole_align.data import AlignSequentialDataset, length_grouped
@@ -49,7 +49,8 @@ def resolve_model(name):
             f"nor a RecBole model."
         ) from None
     trainer_class = with_align_evaluation(get_trainer(model_class.type, name))
-    return AlignModel(model_class, trainer_class, None)
+    baseline_file = PROPERTIES_DIR / "baseline" / f"{name}.yaml"  # what RecBole's model needs beyond overall.yaml
+    return AlignModel(model_class, trainer_class, baseline_file if baseline_file.is_file() else None)
 
 
 def backbone_spec(name):
@@ -98,6 +99,12 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         backbone = backbone_spec(make(spec.model_class, [own_file, spec.config_file])["backbone"])
         spec = replace(spec, model_class=backbone.model_class)
         config = make(spec.model_class, [backbone.config_file, spec.config_file])
+    pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
+    if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
+        raise AlignError(
+            f"[{model}] trains with loss_type [{config['loss_type']}], which needs sampled negatives: set "
+            f"train_neg_sample_args (e.g. {{distribution: uniform, sample_num: 1}}) or loss_type CE."
+        )
     config["model"] = model
     return config, spec
 

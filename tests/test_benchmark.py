@@ -1,13 +1,17 @@
 """The benchmark runner (recbole_align.benchmark): outputs, resume and the table formatter."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import REPO, TINY
-from recbole_align.benchmark import format_table, parse_list
+from recbole_align.benchmark import format_table, parse_budgets, parse_list
+from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 
 METRICS = ("hit@10", "hit@50", "ndcg@10", "ndcg@50", "mrr")
@@ -39,14 +43,19 @@ def test_parse_list():
         parse_list("[]", "seeds", int)
 
 
-def benchmark(cwd, data_path, *args):
+def benchmark_command(data_path, *args):
+    """The benchmark on the slice: BC, Exp-RSFT, a λ run and GRU4Rec, tiny, 1 epoch each (``args`` on top)."""
     command = [
         sys.executable, "-m", "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={data_path}",
         "--seeds=[2020]", "--methods=[BC,ExpRSFT]", "--baselines=[GRU4Rec]", "--baseline_epochs=1",
         "--sweep_lambda=[1]", "--bc_epochs=2",
         "--output_dir=out", *[arg for arg in TINY if not arg.startswith("--epochs")], "--epochs=1", *args,
     ]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    return command, {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+
+
+def benchmark(cwd, data_path, *args):
+    command, env = benchmark_command(data_path, *args)
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
@@ -55,7 +64,7 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
     assert process.returncode == 0, process.stderr[-3000:]
     out = tmp_path / "out"
     for name in ("table.md", "table.csv", "table_final.csv", "unfiltered.csv", "reward_model.csv", "cost.csv", "epochs.png",
-                 "lambda_sweep.png"):
+                 "lambda_sweep.png", "baselines.png"):
         assert (out / name).is_file(), name
     runs = sorted((out / "runs").glob("*.json"))
     assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1", "GRU4Rec"]
@@ -64,6 +73,7 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
                     "Cost", "λ sweep", "held-out item's timestamp"):
         assert heading in table
     assert "| BC | " in table and "| ExpRSFT | " in table and "| GRU4Rec | " in table and "Avg Reward" in table
+    assert "| stopped early |" in table and table.count(" | 0/1 |") == 4  # 1-epoch budgets: none converged
     assert process.stdout.count(" left") == 4  # one progress line per run
 
     stamps = {p: p.stat().st_mtime for p in runs}
@@ -74,6 +84,47 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
 
     changed = benchmark(tmp_path, ml100k_slice, "--learning_rate=0.01")  # another config: new runs
     assert changed.returncode == 0 and changed.stdout.count("(reused)") == 0
+
+
+def test_parse_budgets():
+    assert parse_budgets("300", ["SASRec", "GRU4Rec"]) == {"SASRec": 300, "GRU4Rec": 300}
+    assert parse_budgets("SASRec:5,100", ["SASRec", "GRU4Rec"]) == {"SASRec": 5, "GRU4Rec": 100}
+    assert parse_budgets("SASRec:5", ["SASRec", "GRU4Rec"]) == {"SASRec": 5, "GRU4Rec": 300}
+    for bad in ("0", "SASRec:x", "NARM:5", "-3"):
+        with pytest.raises(AlignError, match="--baseline_epochs"):
+            parse_budgets(bad, ["SASRec", "GRU4Rec"])
+
+
+def test_interrupted_baseline_resumes_from_its_last_epoch(tmp_path, ml100k_slice):
+    """A baseline killed mid-training (after its first validated epoch) goes on from its ``.last.pth``
+    when the command is run again, and ends where an uninterrupted run of the same command ends."""
+    args = ("--methods=[BC]", "--sweep_lambda=", "--bc_epochs=1", "--baseline_epochs=GRU4Rec:8")
+    reference = benchmark(tmp_path, ml100k_slice, *args)  # uninterrupted, in tmp_path/out
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    (tmp_path / "again").mkdir()
+    command, env = benchmark_command(ml100k_slice, *args)
+    process = subprocess.Popen(command, cwd=tmp_path / "again", env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / "again" / "out"
+    deadline, last_state = time.time() + 300, []
+    while not last_state and process.poll() is None and time.time() < deadline:
+        last_state = list((out / "checkpoints").glob("GRU4Rec-*.last.pth"))
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert last_state and not list((out / "runs").glob("GRU4Rec-*.json"))  # killed mid-training
+    done = load_checkpoint(last_state[0])["resume"]["epoch_log"]
+
+    resumed = benchmark(tmp_path / "again", ml100k_slice, *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "GRU4Rec seed 2020" in resumed.stdout and "(resumed)" in resumed.stdout
+    [finished], [uninterrupted] = ([json.loads(p.read_text()) for p in (o / "runs").glob("GRU4Rec-*.json")]
+                                   for o in (out, tmp_path / "out"))
+    untimed = [[{k: v for k, v in e.items() if k != "train_seconds"} for e in r["epoch_log"]]
+               for r in (finished, uninterrupted)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) > len(done)
+    assert finished["epoch_log"][:len(done)] == done  # those epochs were not trained again
+    assert finished["test_filtered"] == uninterrupted["test_filtered"]
 
 
 def test_runner_refuses_keys_it_sets_itself(tmp_path, ml100k_slice):
@@ -97,12 +148,13 @@ def test_remaining_time_uses_finished_runs_of_the_same_kind():
     (["--sweep_lambda=[0.5,0]"], "--sweep_lambda must be a list of numbers > 0"),
     (["--seeds=[]"], "--seeds must be a non-empty list"),
     (["--epochs=0"], "--epochs must be a positive integer"),
+    (["--baselines=[SASRec]", "--baseline_epochs=0"], "--baseline_epochs takes N or Model:N"),
 ])
 def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message):
     from recbole_align.benchmark import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main([f"--output_dir={tmp_path / 'out'}", "--baselines=[]", *args])
+        main([f"--output_dir={tmp_path / 'out'}", "--baselines=[]", *args])  # a later --baselines wins
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

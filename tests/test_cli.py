@@ -47,14 +47,18 @@ def test_hstu_end_to_end(tmp_path, ml100k_slice):
         assert all(set(entry[split]) == METRICS for entry in results["epoch_log"])
 
 
-def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice):
+@pytest.mark.parametrize("model, size", [
+    ("SASRec", ["--hidden_size=8", "--inner_size=8", "--n_layers=1"]),
+    ("FPMC", ["--embedding_size=8"]),  # BPR: trains on RecBole's sampled negatives (properties/baseline/FPMC.yaml)
+])
+def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice, model, size):
     process, results = run_cli(
-        tmp_path, "--model=SASRec", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--hidden_size=8", "--inner_size=8", "--n_layers=1",
-        "--train_batch_size=256", "--show_progress=False", "--state=ERROR",
+        tmp_path, f"--model={model}", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", *size, "--train_batch_size=256", "--show_progress=False",
+        "--state=ERROR",
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    check_results(results, "SASRec", ml100k_slice)
+    check_results(results, model, ml100k_slice)
 
 
 def without_column(data_path, column, name):
@@ -69,6 +73,7 @@ def without_column(data_path, column, name):
         (["--eval_rating_threshold=10"], "filtered valid set is empty"),
         (["--dataset=missing"], "Dataset [missing] not found"),
         (["--model=BPR"], "evaluates sequential recommenders"),
+        (["--model=GRU4Rec", "--loss_type=BPR"], "needs sampled negatives: set train_neg_sample_args"),
         (["--config_files=nowhere.yaml"], "Config file [nowhere.yaml] does not exist"),
         (["--epochs=3", "--epochs=4"], "Bad configuration: --epochs given twice"),
         (["--epochs", "3"], "Unrecognised argument [--epochs]"),
