@@ -98,14 +98,16 @@ def test_parse_budgets():
 def test_interrupted_baseline_resumes_from_its_last_epoch(tmp_path, ml100k_slice):
     """A baseline killed mid-training (after its first validated epoch) goes on from its ``.last.pth``
     when the command is run again, and ends where an uninterrupted run of the same command ends."""
-    args = ("--methods=[BC]", "--sweep_lambda=", "--bc_epochs=1", "--baseline_epochs=GRU4Rec:8")
+    args = ("--methods=[BC]", "--sweep_lambda=", "--bc_epochs=1", "--baseline_epochs=GRU4Rec:5", "--hidden_size=8")
     reference = benchmark(tmp_path, ml100k_slice, *args)  # uninterrupted, in tmp_path/out
     assert reference.returncode == 0, reference.stderr[-3000:]
-    (tmp_path / "again").mkdir()
+    out = tmp_path / "again" / "out"
+    (out / "runs").mkdir(parents=True)
+    for bc in (tmp_path / "out" / "runs").glob("BC-*.json"):  # BC is reused: only GRU4Rec runs again
+        (out / "runs" / bc.name).write_text(bc.read_text())
     command, env = benchmark_command(ml100k_slice, *args)
     process = subprocess.Popen(command, cwd=tmp_path / "again", env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
-    out = tmp_path / "again" / "out"
     deadline, last_state = time.time() + 300, []
     while not last_state and process.poll() is None and time.time() < deadline:
         last_state = list((out / "checkpoints").glob("GRU4Rec-*.last.pth"))
