@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SIZE = {"d": 50, "n_layers": 2, "n_heads": 1, "max_len": 200, "dropout": 0.2}
 MODEL_ARGS = {
-    "HSTU": [],  # properties/model/HSTU.yaml is the reference ML-1M config
+    "HSTU": [],  # recbole_align/properties/model/HSTU.yaml is the reference ML-1M config
     "SASRec": [
         f"--hidden_size={SIZE['d']}", f"--inner_size={SIZE['d']}", f"--n_layers={SIZE['n_layers']}",
         f"--n_heads={SIZE['n_heads']}", f"--hidden_dropout_prob={SIZE['dropout']}",

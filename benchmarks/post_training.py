@@ -24,7 +24,7 @@ from pathlib import Path
 from recbole_align.benchmark import COLUMNS
 from recbole_align.diagnostics import markdown_table, run_diagnostics
 from recbole_align.pretrained import read_pretrained
-from recbole_align.quick_start import build_config, command_line_overrides, resolve_model
+from recbole_align.config import build_config, command_line_overrides, resolve_model
 from recbole_align.sweep import bc_checkpoint, result_row, run_once, write_csv
 
 SPLIT = "test_filtered"

@@ -13,7 +13,7 @@ import time
 import pandas as pd
 import torch
 
-TEMPERATURE = 0.05  # logits = cosine / temperature, as properties/model/HSTU.yaml
+TEMPERATURE = 0.05  # logits = cosine / temperature, as recbole_align/properties/model/HSTU.yaml
 
 
 def rectools_hstu_epochs(

@@ -101,7 +101,8 @@ def worker(args, overrides):
     from recbole.data import data_preparation
     from recbole.utils import init_seed
 
-    from recbole_align.quick_start import build_config, load_dataset
+    from recbole_align.config import build_config
+    from recbole_align.data import load_dataset
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
 
     try:
@@ -155,7 +156,7 @@ def worker(args, overrides):
 
 
 def read_yaml_keys():
-    """The keys of the running code tree's properties/overall.yaml."""
+    """The keys of the running code tree's recbole_align/properties/overall.yaml."""
     import yaml
 
     from recbole_align.registry import PROPERTIES_DIR

@@ -42,7 +42,8 @@ import torch
 
 from recbole_align.diagnostics import PREDICTORS, markdown_table, run_diagnostics, write_table
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import command_line_overrides
+from recbole_align.cli import exit_on_error, parse_command_line
+from recbole_align.config import command_line_overrides
 from recbole_align.sweep import parse_lambdas
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -586,7 +587,7 @@ def run_benchmark(args, user_args):
     if args.data_path:
         user_args = [*user_args, f"--data_path={Path(args.data_path).resolve()}"]
         overrides["data_path"] = str(Path(args.data_path).resolve())
-    command = " ".join(["python -m recbole_align.benchmark", *args.argv])
+    command = " ".join(["python -m recbole_align.benchmark", *args.command_line])
 
     start, tuning, chosen = time(), None, None
     if args.tune:
@@ -600,8 +601,9 @@ def run_benchmark(args, user_args):
     return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning)
 
 
+@exit_on_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="recbole-align benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", default="ml-100k")
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/<dataset>.inter")
     parser.add_argument("--seeds", default="[2020]", help='e.g. "[2020,2021,2022]"')
@@ -618,14 +620,8 @@ def main(argv=None):
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")
     parser.add_argument("--output_dir", default=None, help="default: benchmark/<dataset>-<backbone>")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    args.argv = sys.argv[1:] if argv is None else argv  # for the report
-    sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv: the in-process diagnostics get config_dict only
-    try:
-        print(run_benchmark(args, rest))
-    except AlignError as error:
-        print(f"recbole-align: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    args, _ = parse_command_line(parser, argv)
+    print(run_benchmark(args, args.override_args))
 
 
 if __name__ == "__main__":

@@ -14,14 +14,17 @@ Other ``--key=value`` arguments are config overrides, as for ``run_recbole_align
 
 import argparse
 import csv
-import sys
 from pathlib import Path
 
 import torch
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction, cat_interactions
+from recbole.data import data_preparation
 from recbole.utils import init_seed
 
+from recbole_align.cli import exit_on_error, parse_command_line
+from recbole_align.config import build_config
+from recbole_align.data import load_dataset
 from recbole_align.errors import AlignError
 from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
 from recbole_align.trainer.on_policy import history_mask, log_policy, sample_items
@@ -127,8 +130,6 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
     """Table 2 for the BC checkpoint's reward head and the Avg Reward of BC and of each of
     ``checkpoints``; writes ``diagnostics.md``, ``reward_model.csv`` and ``avg_reward.csv`` to
     ``output_dir``; returns {"reward_model": Table 2, "avg_reward": {name: score}, "n_test": N, "markdown"}."""
-    from recbole_align.quick_start import build_config, data_preparation, load_dataset  # it imports this module
-
     bc = read_pretrained(pretrained_checkpoint)
     config, spec = build_config(bc["config"]["model"], dataset, config_dict={
         **(config_dict or {}), "pretrained_checkpoint": str(pretrained_checkpoint), "backbone": bc["config"]["backbone"],
@@ -174,19 +175,16 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
     return {"reward_model": errors, "avg_reward": scores, "n_test": n_test, "markdown": markdown}
 
 
+@exit_on_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="recbole-align diagnostics", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--dataset", "-d", required=True, help="dataset name")
     parser.add_argument("--pretrained_checkpoint", required=True, help="BC checkpoint with a reward head: the judge")
     parser.add_argument("--checkpoints", default="", help="space-separated post-trained checkpoints to score")
     parser.add_argument("--output_dir", default=".", help="folder for diagnostics.md and the CSV files")
-    args, _ = parser.parse_known_args(argv)
-    try:
-        tables = run_diagnostics(args.dataset, args.pretrained_checkpoint, args.checkpoints.split(), args.output_dir)
-        print(tables["markdown"])
-    except AlignError as error:
-        print(f"recbole-align: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    args, overrides = parse_command_line(parser, argv)
+    tables = run_diagnostics(args.dataset, args.pretrained_checkpoint, args.checkpoints.split(), args.output_dir, overrides)
+    print(tables["markdown"])
 
 
 if __name__ == "__main__":

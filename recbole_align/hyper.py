@@ -1,7 +1,7 @@
 """Hyper-parameter search with RecBole's ``HyperTuning`` over recbole-align runs.
 
     python -m recbole_align.hyper --model=ExpRSFT --dataset=ml-100k \\
-        --params_file=properties/hyper/exp_rsft.hyper --algo=random --max_evals=8
+        --params_file=recbole_align/properties/hyper/exp_rsft.hyper --algo=random --max_evals=8
 
 As RecBole's ``run_hyper.py``: ``--params_file`` (RecBole's format: ``name choice [a,b]``, ``name
 uniform low,high``, ``name loguniform low,high`` or ``name quniform low,high,q``, one per line),
@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 from logging import getLogger
 from pathlib import Path
 
@@ -28,11 +27,9 @@ import yaml
 from recbole.trainer import HyperTuning
 
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import (
-    build_config,
-    command_line_overrides,
-    run_recbole_align,
-)
+from recbole_align.cli import exit_on_error, parse_command_line
+from recbole_align.config import build_config
+from recbole_align.quick_start import run_recbole_align
 from recbole_align.sweep import bc_checkpoint
 
 
@@ -94,40 +91,36 @@ def run_search(tuner, output_file):
     return summary
 
 
+@exit_on_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="recbole-align hyper", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", "-m", default="ExpRSFT")
     parser.add_argument("--dataset", "-d", default="ml-100k")
-    parser.add_argument("--params_file", required=True, help="RecBole hyper file, e.g. properties/hyper/exp_rsft.hyper")
+    parser.add_argument("--params_file", required=True, help="RecBole hyper file, e.g. recbole_align/properties/hyper/exp_rsft.hyper")
     parser.add_argument("--algo", default="exhaustive", choices=("exhaustive", "random", "bayes"))
     parser.add_argument("--max_evals", type=int, default=10, help="trials of random and bayes")
     parser.add_argument("--early_stop", type=int, default=10, help="stop after this many trials without improvement")
     parser.add_argument("--output_file", default=None, help="default: hyper/<model>-<dataset>.json")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    args, rest = parser.parse_known_args(argv)
-    sys.argv[1:] = []  # RecBole's Config would read --key=value from sys.argv at top priority
+    args, overrides = parse_command_line(parser, argv)
     output_file = Path(args.output_file or Path("hyper") / f"{args.model}-{args.dataset}.json")
+    config_files = args.config_file_list
+    config, _ = build_config(args.model, args.dataset, config_files, overrides)  # fails early on bad names
+    if not Path(args.params_file).is_file():
+        raise AlignError(f"params_file [{args.params_file}] does not exist.")
+    output_file.parent.mkdir(parents=True, exist_ok=True)
+    fixed_file = output_file.with_suffix(".fixed.yaml")
+    fixed_file.write_text(yaml.safe_dump({"model": args.model, "dataset": args.dataset, **overrides}))
+    os.environ.setdefault("HYPEROPT_FMIN_SEED", str(config["seed"]))  # reproducible random/bayes draws
     try:
-        overrides = command_line_overrides(rest)
-        config_files = args.config_files.strip().split(" ") if args.config_files else []
-        config, _ = build_config(args.model, args.dataset, config_files, overrides)  # fails early on bad names
-        if not Path(args.params_file).is_file():
-            raise AlignError(f"params_file [{args.params_file}] does not exist.")
-        output_file.parent.mkdir(parents=True, exist_ok=True)
-        fixed_file = output_file.with_suffix(".fixed.yaml")
-        fixed_file.write_text(yaml.safe_dump({"model": args.model, "dataset": args.dataset, **overrides}))
-        os.environ.setdefault("HYPEROPT_FMIN_SEED", str(config["seed"]))  # reproducible random/bayes draws
-        try:
-            tuner = HyperTuning(
-                objective_function, params_file=args.params_file, fixed_config_file_list=[*config_files, str(fixed_file)],
-                algo=args.algo, max_evals=args.max_evals, early_stop=args.early_stop,
-            )
-        except (ValueError, SyntaxError, NameError) as error:  # RecBole's word on a malformed hyper file
-            raise AlignError(f"params_file [{args.params_file}] is not a RecBole hyper file: {error}.") from None
-        summary = run_search(tuner, output_file)
-    except AlignError as error:
-        print(f"recbole-align: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        tuner = HyperTuning(
+            objective_function, params_file=args.params_file, fixed_config_file_list=[*config_files, str(fixed_file)],
+            algo=args.algo, max_evals=args.max_evals, early_stop=args.early_stop,
+        )
+    except (ValueError, SyntaxError, NameError) as error:  # RecBole's word on a malformed hyper file
+        raise AlignError(f"params_file [{args.params_file}] is not a RecBole hyper file: {error}.") from None
+    summary = run_search(tuner, output_file)
     print(f"best params: {summary['best_params']}; filtered valid {config['valid_metric']}: "
           f"{summary['best_valid_score']:.4f}; wrote {output_file}")
 

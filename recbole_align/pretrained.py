@@ -4,6 +4,7 @@ checking the last-epoch state that a resumed run continues."""
 from pathlib import Path
 
 from recbole_align.compat import load_checkpoint
+from recbole_align.config import model_class_of
 from recbole_align.errors import AlignError
 
 
@@ -37,8 +38,6 @@ def check_resume(config):
     ran, runs = (saved_config["model"], saved_config["dataset"]), (config["model"], config["dataset"])
     if ran != runs:
         raise AlignError(f"resume [{path}] is a run of [{ran[0]}] on [{ran[1]}], not of [{runs[0]}] on [{runs[1]}].")
-    from recbole_align.quick_start import model_class_of
-
     if model_class_of(saved_config) is not model_class_of(config):
         raise AlignError(f"resume [{path}] trained backbone [{saved_config['backbone']}], not [{config['backbone']}].")
     if not config["pretrained_checkpoint"]:
@@ -55,8 +54,6 @@ def adopt_architecture(config, checkpoint, model_class):
     ``model_class.architecture_keys`` into ``config``, so the model built from it has the pretrained
     shape (e.g. a reward head); returns the keys that changed."""
     path, saved_config = config["pretrained_checkpoint"], checkpoint["config"]
-    from recbole_align.quick_start import model_class_of
-
     saved_class = model_class_of(saved_config)
     if saved_class is not model_class:
         raise AlignError(

@@ -1,4 +1,4 @@
-"""The run function behind ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
+"""The run behind ``recbole-align`` and ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
 
 import argparse
 import hashlib
@@ -6,28 +6,24 @@ import json
 import os
 import sys
 from logging import getLogger
-from dataclasses import replace
 from pathlib import Path
 from time import time
 
 import torch
-from recbole.config import Config
 from recbole.data import data_preparation
-from recbole.utils import InputType, ModelType, get_local_time, get_model, get_trainer, init_logger, init_seed, set_color
+from recbole.utils import get_local_time, init_logger, init_seed, set_color
 
+from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import join_process_group
-from recbole_align.data import AlignSequentialDataset, length_grouped
+from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, yaml_keys
+from recbole_align.data import EVAL_SPLITS, evaluation_loaders, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
-from recbole_align.evaluator import rating_filtered_loader
-from recbole_align.model.backbone import post_trainable
 from recbole_align.model.policy import NextItemPolicy
 from recbole_align.pretrained import adopt_architecture, check_resume, load_pretrained, read_pretrained
-from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
-from recbole_align.trainer import with_align_evaluation
+from recbole_align.registry import PROPERTIES_DIR
 from recbole_align.trainer.align_trainer import last_state_file
 
-EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
 # Config keys that do not change what a BC stage learns, left out of its reuse key.
 RUN_ONLY_KEYS = {
     "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
@@ -35,106 +31,6 @@ RUN_ONLY_KEYS = {
     "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
     "nproc", "world_size", "ip", "port", "offset", "dist_backend",
 }
-
-
-def resolve_model(name):
-    """The registered recbole-align model ``name``, else RecBole's model and trainer of that name."""
-    if name in MODELS:
-        return MODELS[name]
-    try:
-        model_class = get_model(name)
-    except (ValueError, ImportError):  # an unknown name makes RecBole import its optional lightgbm/xgboost models
-        raise AlignError(
-            f"Unknown model [{name}]: not a recbole-align model ({', '.join(sorted(MODELS))}) "
-            f"nor a RecBole model."
-        ) from None
-    trainer_class = with_align_evaluation(get_trainer(model_class.type, name))
-    baseline_file = PROPERTIES_DIR / "baseline" / f"{name}.yaml"  # what RecBole's model needs beyond overall.yaml
-    return AlignModel(model_class, trainer_class, baseline_file if baseline_file.is_file() else None)
-
-
-def backbone_spec(name):
-    """The model that BC and post-training train for ``backbone: name``: HSTU, or a RecBole
-    sequential model made post-trainable, with its yaml (properties/backbone/<name>.yaml for a
-    RecBole model, layered over RecBole's own)."""
-    spec = resolve_model(name)
-    if spec.on_backbone:
-        raise AlignError(f"backbone [{name}] is itself a training method; name a backbone model (HSTU, SASRec, ...).")
-    if issubclass(spec.model_class, NextItemPolicy):
-        return spec
-    config_file = PROPERTIES_DIR / "backbone" / f"{name}.yaml"
-    return replace(spec, model_class=post_trainable(spec.model_class), config_file=config_file)
-
-
-def model_class_of(saved_config):
-    """The model class that a run with ``saved_config`` (e.g. a checkpoint's) trained."""
-    spec = resolve_model(saved_config["model"])
-    return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
-
-
-def build_config(model, dataset, config_file_list=None, config_dict=None):
-    """RecBole Config with recbole-align's yaml first: overall < backbone < model < dataset < the
-    user's files < config_dict < command line. BC and the post-training models run on the model
-    class named by the ``backbone`` key (default HSTU) and layer their own yaml over the backbone's."""
-    spec = resolve_model(model)
-    user_files = list(config_file_list or [])
-    for f in user_files:
-        if not Path(f).is_file():
-            raise AlignError(f"Config file [{f}] does not exist.")
-
-    def make(model_class, model_files):
-        dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-        defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
-        files = [str(f) for f in defaults if f is not None and f.exists()] + user_files
-        try:
-            return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
-        except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
-            raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
-
-    if not spec.on_backbone:
-        config = make(spec.model_class, [spec.config_file])
-    else:
-        # probe: which backbone (the registered class's own yaml first, for keys Config needs, e.g. loss_type)
-        own_file = resolve_model(spec.model_class.__name__).config_file
-        backbone = backbone_spec(make(spec.model_class, [own_file, spec.config_file])["backbone"])
-        spec = replace(spec, model_class=backbone.model_class)
-        config = make(spec.model_class, [backbone.config_file, spec.config_file])
-    pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
-    if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
-        raise AlignError(
-            f"[{model}] trains with loss_type [{config['loss_type']}], which needs sampled negatives: set "
-            f"train_neg_sample_args (e.g. {{distribution: uniform, sample_num: 1}}) or loss_type CE."
-        )
-    config["model"] = model
-    return config, spec
-
-
-def load_dataset(config, model_class):
-    """The RecBole dataset for ``config``, with clear errors for data the run cannot use."""
-    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-        raise AlignError(
-            f"recbole-align evaluates sequential recommenders on leave-one-out next-item cases; "
-            f"[{config['model']}] is a {config['MODEL_TYPE'].name.lower()} RecBole model."
-        )
-    inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
-    if not inter_file.is_file():
-        raise AlignError(
-            f"Dataset [{config['dataset']}] not found: no file [{inter_file}] (set --data_path to the "
-            f"folder that holds {config['dataset']}/{config['dataset']}.inter)."
-        )
-    try:
-        dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))
-    except ValueError as error:  # e.g. pandas cannot read a :float column such as the rating
-        raise AlignError(
-            f"Dataset [{config['dataset']}] could not be loaded from [{inter_file}]: {error} "
-            f"(a :float column must hold numbers only)."
-        ) from None
-    if dataset.time_field not in dataset.field2type:
-        raise AlignError(
-            f"[{config['model']}] needs a timestamp: dataset [{config['dataset']}] has no "
-            f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
-        )
-    return dataset
 
 
 def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
@@ -149,9 +45,9 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
         bc_dict["reward_head"] = True
     bc_config, bc_spec = build_config("BC", dataset, config_file_list, bc_dict)
     known = {key for group in bc_config.parameters.values() for key in group}
-    known |= set(_yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(_yaml_keys(backbone_spec(backbone).config_file))
+    known |= set(yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(yaml_keys(backbone_spec(backbone).config_file))
     known |= set(bc_spec.model_class.architecture_keys) | {"dataset", "model", "backbone"}
-    reuse_config = {k: v for k, v in _json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
+    reuse_config = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
     key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
     logger = getLogger()
@@ -170,24 +66,6 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     last.unlink(missing_ok=True)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
     return str(path)
-
-
-def _yaml_keys(path):
-    if path is None or not Path(path).is_file():
-        return []
-    import yaml
-
-    return list((yaml.safe_load(Path(path).read_text()) or {}).keys())
-
-
-def evaluation_loaders(config, valid_data, test_data):
-    """The loader of each of EVAL_SPLITS: RecBole's valid and test loaders and their rating-filtered cases."""
-    return {
-        "valid": valid_data,
-        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
-        "test": test_data,
-        "test_filtered": rating_filtered_loader(config, test_data, "test"),
-    }
 
 
 def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):
@@ -273,7 +151,7 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         "peak_memory_mb": trainer.peak_memory_mb(),
         "eval_rating_threshold": config["eval_rating_threshold"],
         "epoch_log": trainer.epoch_log,
-        "config": _json_safe(config.final_config_dict),
+        "config": json_safe(config.final_config_dict),
     }
     if config["local_rank"] != 0:  # a multi-process run: the first process of each machine reports
         return results
@@ -352,49 +230,16 @@ def writable_folder(folder, what):
         raise AlignError(f"{what} [{folder}] is not writable.")
 
 
-def _json_safe(config_dict):
-    """The config entries that JSON can hold (RecBole's config also holds enums and devices)."""
-    safe = {}
-    for key, value in config_dict.items():
-        try:
-            json.dumps(value)
-        except TypeError:
-            value = str(value)
-        safe[key] = value
-    return safe
-
-
-def command_line_overrides(args):
-    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line,
-    refusing anything else and a key given twice with different values, as RecBole does."""
-    overrides = {}
-    for arg in args:
-        key, equals, value = arg[2:].partition("=")
-        if not arg.startswith("--") or not equals or not key:
-            raise AlignError(f"Unrecognised argument [{arg}]: give config overrides as --key=value.")
-        if overrides.get(key, value) != value:
-            raise AlignError(f"Bad configuration: --{key} given twice with different values.")
-        overrides[key] = value
-    return Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion
-
-
+@exit_on_error
 def main(argv=None):
     """Command line: ``--model``, ``--dataset``, ``--config_files`` (space separated) as in RecBole;
-    any other ``--key=value`` is a config override with the priority RecBole gives the command line.
-
-    The overrides reach RecBole as ``config_dict`` (and ``sys.argv`` is emptied), so that a nested
-    run such as the BC stage can still set its own checkpoint and results files.
-    """
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    any other ``--key=value`` is a config override with the priority RecBole gives the command line
+    (it reaches RecBole as ``config_dict``, so that a nested run such as the BC stage can still set
+    its own checkpoint and results files). Subcommands: ``recbole-align --help``."""
+    parser = argparse.ArgumentParser(prog="recbole-align", description=__doc__, allow_abbrev=False,
+                                     epilog="subcommands: recbole-align {benchmark,sweep,diagnostics,hyper,recommend} --help")
     parser.add_argument("--model", "-m", default="HSTU", help="recbole-align or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    config_files = args.config_files.strip().split(" ") if args.config_files else None
-    try:
-        overrides = command_line_overrides(rest)
-        sys.argv = sys.argv[:1]
-        run_recbole_align(args.model, args.dataset, config_file_list=config_files, config_dict=overrides)
-    except AlignError as error:
-        print(f"recbole-align: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    args, overrides = parse_command_line(parser, argv)
+    run_recbole_align(args.model, args.dataset, config_file_list=args.config_file_list or None, config_dict=overrides)

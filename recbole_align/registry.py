@@ -1,6 +1,6 @@
 """Which models recbole-align provides, and how each is trained.
 
-A name maps to the model class, the trainer class and the default yaml under ``properties/model``.
+A name maps to the model class, the trainer class and the default yaml under ``recbole_align/properties/model``.
 ``BC`` and the post-training methods run on the model named by the ``backbone`` config key (HSTU,
 or a RecBole sequential model made post-trainable by :mod:`recbole_align.model.backbone`).
 Names not listed fall through to RecBole's own models and trainers (``SASRec``, ``GRU4Rec`` ...),
@@ -8,9 +8,10 @@ evaluated by the same rating-filtered evaluator.
 """
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-PROPERTIES_DIR = Path(__file__).resolve().parent.parent / "properties"
+PROPERTIES_DIR = Path(str(resources.files("recbole_align") / "properties"))  # the yaml defaults, package data
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ MODELS = {}
 
 
 def register_model(name, model_class, trainer_class, config_file=None, post_training=False, on_backbone=None):
-    """Make ``name`` runnable by ``run_recbole_align``; the yaml defaults to properties/model/<name>.yaml.
+    """Make ``name`` runnable by ``run_recbole_align``; the yaml defaults to recbole_align/properties/model/<name>.yaml.
 
     A ``post_training`` model starts from the BC checkpoint named by ``pretrained_checkpoint`` or,
     when none is given, from one trained (or reused) by the same run. An ``on_backbone`` model

@@ -18,19 +18,15 @@ import argparse
 import ast
 import csv
 import json
-import sys
 from numbers import Real
 from pathlib import Path
 from time import time
 
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import (
-    EVAL_SPLITS,
-    behaviour_cloning_stage,
-    build_config,
-    command_line_overrides,
-    run_recbole_align,
-)
+from recbole_align.cli import exit_on_error, parse_command_line
+from recbole_align.config import build_config
+from recbole_align.data import EVAL_SPLITS
+from recbole_align.quick_start import behaviour_cloning_stage, run_recbole_align
 
 PLOT_METRICS = ("ndcg@10", "hit@10", "mrr")
 PLOT_SPLIT = "test_filtered"
@@ -145,29 +141,21 @@ def run_sweep(model, dataset, lambdas, output_dir, config_files=None, config_dic
     return {"bc_checkpoint": checkpoint, "csv": str(csv_path), "png": str(png_path), "rows": [bc_row, *rows]}
 
 
+@exit_on_error
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser = argparse.ArgumentParser(prog="recbole-align sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", "-m", default="ExpRSFT", help="post-training model that reads reward_lambda")
     parser.add_argument("--dataset", "-d", default="ml-100k")
     parser.add_argument("--reward_lambda_values", default="[0.1,0.25,0.5,1,2,5]", help="list of λ > 0")
     parser.add_argument("--output_dir", default=None, help="default: sweep/<model>-<dataset>")
     parser.add_argument("--results_file", default=None, help="summary JSON; default <output_dir>/sweep.json")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")
-    args, rest = parser.parse_known_args(argv)
-    # RecBole's Config reads --key=value from sys.argv at top priority: pass them as config_dict
-    # instead, so that the sweep sets reward_lambda, epochs (BC reference) and results_file per run.
-    sys.argv[1:] = []
-    try:
-        overrides = command_line_overrides(rest)
-        if "reward_lambda" in overrides:
-            raise AlignError("give the λ values with --reward_lambda_values, not --reward_lambda.")
-        lambdas = parse_lambdas(args.reward_lambda_values)
-        output_dir = Path(args.output_dir or Path("sweep") / f"{args.model}-{args.dataset}")
-        config_files = args.config_files.strip().split(" ") if args.config_files else None
-        summary = run_sweep(args.model, args.dataset, lambdas, output_dir, config_files, overrides)
-    except AlignError as error:
-        print(f"recbole-align: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    args, overrides = parse_command_line(parser, argv)  # the sweep sets reward_lambda, epochs and results_file per run
+    if "reward_lambda" in overrides:
+        raise AlignError("give the λ values with --reward_lambda_values, not --reward_lambda.")
+    lambdas = parse_lambdas(args.reward_lambda_values)
+    output_dir = Path(args.output_dir or Path("sweep") / f"{args.model}-{args.dataset}")
+    summary = run_sweep(args.model, args.dataset, lambdas, output_dir, args.config_file_list or None, overrides)
     results_file = Path(args.results_file or output_dir / "sweep.json")
     results_file.write_text(json.dumps(summary, indent=2))
     print(f"wrote {summary['csv']}, {summary['png']} and {results_file}")

@@ -53,7 +53,7 @@ def run_cli(cwd, *args, script="run_recbole_align.py"):
     process and the results JSON (``--results_file`` is set to ``cwd/results.json``; None if absent)."""
     results_file = Path(cwd) / "results.json"
     command = [sys.executable, str(REPO / script)] if script.endswith(".py") else [sys.executable, "-m", script]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}  # this tree's package
     process = subprocess.run(
         [*command, *args, f"--results_file={results_file}", f"--checkpoint_dir={Path(cwd) / 'saved'}"],
         cwd=cwd, capture_output=True, text=True, env=env, timeout=600,

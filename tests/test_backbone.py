@@ -8,7 +8,7 @@ from recbole.model.sequential_recommender import GRU4Rec, NARM, SASRec
 from conftest import run_cli, tiny
 from recbole_align.errors import AlignError
 from recbole_align.model.backbone import post_trainable
-from recbole_align.quick_start import backbone_spec
+from recbole_align.config import backbone_spec
 
 N_ITEMS, MAX_LEN = 30, 8
 SASREC_TINY = ("--hidden_size=8", "--inner_size=8", "--n_layers=1")

@@ -49,7 +49,7 @@ def test_hstu_end_to_end(tmp_path, ml100k_slice):
 
 @pytest.mark.parametrize("model, size", [
     ("SASRec", ["--hidden_size=8", "--inner_size=8", "--n_layers=1"]),
-    ("FPMC", ["--embedding_size=8"]),  # BPR: trains on RecBole's sampled negatives (properties/baseline/FPMC.yaml)
+    ("FPMC", ["--embedding_size=8"]),  # BPR: trains on RecBole's sampled negatives (recbole_align/properties/baseline/FPMC.yaml)
 ])
 def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice, model, size):
     process, results = run_cli(

@@ -12,7 +12,8 @@ from conftest import write_atomic
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import FullMRR, rating_filtered_loader
-from recbole_align.quick_start import build_config, load_dataset
+from recbole_align.config import build_config
+from recbole_align.data import load_dataset
 from recbole_align.registry import MODELS
 
 

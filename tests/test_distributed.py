@@ -12,14 +12,10 @@ from conftest import run_cli, tiny
 
 from recbole_align.compat import full_checkpoint_loading
 from recbole_align.pretrained import adopt_architecture, read_pretrained
-from recbole_align.quick_start import (
-    EVAL_SPLITS,
-    build_config,
-    command_line_overrides,
-    data_preparation,
-    evaluation_loaders,
-    load_dataset,
-)
+from recbole.data import data_preparation
+
+from recbole_align.config import build_config, command_line_overrides
+from recbole_align.data import EVAL_SPLITS, evaluation_loaders, load_dataset
 from recbole_align.trainer import AlignTrainer
 from recbole_align.trainer.reward_weighted import reward_weighted_loss
 

@@ -7,7 +7,8 @@ from conftest import tiny
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import command_line_overrides, run_recbole_align
+from recbole_align.config import command_line_overrides
+from recbole_align.quick_start import run_recbole_align
 from recbole_align.trainer import AlignTrainerMixin
 
 COMPARED = ("valid", "test", "valid_filtered", "test_filtered", "best_epoch", "epochs_run")

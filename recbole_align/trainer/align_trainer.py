@@ -56,7 +56,7 @@ class AlignTrainerMixin:
     * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
     * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
       :meth:`resume_state`) goes to :func:`last_state_file`, which ``resume_checkpoint`` continues
-      exactly (see ``resume`` in properties/overall.yaml).
+      exactly (see ``resume`` in recbole_align/properties/overall.yaml).
     * multi-process runs on CPU too, with the metrics of all the cases (:class:`CaseGatheringCollector`),
       and the best checkpoint loaded only once rank 0 has written it.
     """

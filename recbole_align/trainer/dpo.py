@@ -4,7 +4,7 @@ Recommendation logs hold no pairwise preferences, so for each context (every val
 batch) two distinct items are sampled from the current policy over the catalogue minus the history;
 the one the frozen reward head scores higher is preferred, and the policy takes the DPO loss
 (Rafailov et al., 2023) against the frozen BC policy. Pairs the head scores equal carry no
-preference and are left out. Hyper-parameters: properties/model/DPO.yaml.
+preference and are left out. Hyper-parameters: recbole_align/properties/model/DPO.yaml.
 """
 
 import torch

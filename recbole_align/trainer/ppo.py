@@ -5,7 +5,7 @@ batch: a rollout of K items per context is sampled from the current policy (π_o
 that moment, no gradient) over the catalogue minus the history and scored by the frozen reward head;
 then ``ppo_epochs`` clipped passes (optimizer steps) over that rollout maximise the clipped surrogate
 with group-mean advantages, minus an exact KL penalty to the frozen BC policy; then the next batch.
-No critic. Hyper-parameters: properties/model/PPO.yaml.
+No critic. Hyper-parameters: recbole_align/properties/model/PPO.yaml.
 """
 
 from collections import namedtuple

@@ -253,7 +253,7 @@ def resolve_settings(config, ratings):
 class RewardWeightedTrainer(AlignTrainer):
     """Post-trains a model with ``position_losses`` by the reward-weighted loss of this module.
 
-    Config keys (defaults in properties/model/{ExpRSFT,RSFT,DRPO}.yaml): ``reward_weighting``
+    Config keys (defaults in recbole_align/properties/model/{ExpRSFT,RSFT,DRPO}.yaml): ``reward_weighting``
     (exp | linear | drpo), ``weight_normalization`` (mean | sum) and the keys of the weight functions.
     Each epoch adds to ``epoch_log`` and to the training log line: ``mean_weight`` (mean w over the
     epoch's positions), ``ess_share`` (effective sample size (sum w)^2 / sum w^2 as a share of the

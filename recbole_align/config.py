@@ -1,0 +1,125 @@
+"""Configuration: which model a name means, and its RecBole ``Config`` with recbole-align's yaml layers.
+
+``build_config`` is the one place where a run's configuration is put together (overall < backbone <
+model < dataset < the user's files < config_dict); ``command_line_overrides`` types ``--key=value``
+arguments as RecBole types its own command line.
+"""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import yaml
+from recbole.config import Config
+from recbole.utils import InputType, ModelType, get_model, get_trainer
+
+from recbole_align.errors import AlignError
+from recbole_align.model.backbone import post_trainable
+from recbole_align.model.policy import NextItemPolicy
+from recbole_align.registry import MODELS, PROPERTIES_DIR, AlignModel
+from recbole_align.trainer import with_align_evaluation
+
+
+def resolve_model(name):
+    """The registered recbole-align model ``name``, else RecBole's model and trainer of that name."""
+    if name in MODELS:
+        return MODELS[name]
+    try:
+        model_class = get_model(name)
+    except (ValueError, ImportError):  # an unknown name makes RecBole import its optional lightgbm/xgboost models
+        raise AlignError(
+            f"Unknown model [{name}]: not a recbole-align model ({', '.join(sorted(MODELS))}) "
+            f"nor a RecBole model."
+        ) from None
+    trainer_class = with_align_evaluation(get_trainer(model_class.type, name))
+    baseline_file = PROPERTIES_DIR / "baseline" / f"{name}.yaml"  # what RecBole's model needs beyond overall.yaml
+    return AlignModel(model_class, trainer_class, baseline_file if baseline_file.is_file() else None)
+
+
+def backbone_spec(name):
+    """The model that BC and post-training train for ``backbone: name``: HSTU, or a RecBole
+    sequential model made post-trainable, with its yaml (recbole_align/properties/backbone/<name>.yaml for a
+    RecBole model, layered over RecBole's own)."""
+    spec = resolve_model(name)
+    if spec.on_backbone:
+        raise AlignError(f"backbone [{name}] is itself a training method; name a backbone model (HSTU, SASRec, ...).")
+    if issubclass(spec.model_class, NextItemPolicy):
+        return spec
+    config_file = PROPERTIES_DIR / "backbone" / f"{name}.yaml"
+    return replace(spec, model_class=post_trainable(spec.model_class), config_file=config_file)
+
+
+def model_class_of(saved_config):
+    """The model class that a run with ``saved_config`` (e.g. a checkpoint's) trained."""
+    spec = resolve_model(saved_config["model"])
+    return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
+
+
+def build_config(model, dataset, config_file_list=None, config_dict=None):
+    """RecBole Config with recbole-align's yaml first: overall < backbone < model < dataset < the
+    user's files < config_dict < command line. BC and the post-training models run on the model
+    class named by the ``backbone`` key (default HSTU) and layer their own yaml over the backbone's."""
+    spec = resolve_model(model)
+    user_files = list(config_file_list or [])
+    for f in user_files:
+        if not Path(f).is_file():
+            raise AlignError(f"Config file [{f}] does not exist.")
+
+    def make(model_class, model_files):
+        dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
+        defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
+        files = [str(f) for f in defaults if f is not None and f.exists()] + user_files
+        try:
+            return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+        except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
+            raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
+
+    if not spec.on_backbone:
+        config = make(spec.model_class, [spec.config_file])
+    else:
+        # probe: which backbone (the registered class's own yaml first, for keys Config needs, e.g. loss_type)
+        own_file = resolve_model(spec.model_class.__name__).config_file
+        backbone = backbone_spec(make(spec.model_class, [own_file, spec.config_file])["backbone"])
+        spec = replace(spec, model_class=backbone.model_class)
+        config = make(spec.model_class, [backbone.config_file, spec.config_file])
+    pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
+    if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
+        raise AlignError(
+            f"[{model}] trains with loss_type [{config['loss_type']}], which needs sampled negatives: set "
+            f"train_neg_sample_args (e.g. {{distribution: uniform, sample_num: 1}}) or loss_type CE."
+        )
+    config["model"] = model
+    return config, spec
+
+
+def yaml_keys(path):
+    """The top-level keys of the yaml file ``path`` (none if it is None or missing)."""
+    if path is None or not Path(path).is_file():
+        return []
+    return list((yaml.safe_load(Path(path).read_text()) or {}).keys())
+
+
+def json_safe(config_dict):
+    """The config entries that JSON can hold (RecBole's config also holds enums and devices)."""
+    safe = {}
+    for key, value in config_dict.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            value = str(value)
+        safe[key] = value
+    return safe
+
+
+def command_line_overrides(args):
+    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line,
+    refusing anything else and a key given twice with different values, as RecBole does."""
+    overrides = {}
+    for arg in args:
+        key, equals, value = arg[2:].partition("=")
+        if not arg.startswith("--") or not equals or not key:
+            raise AlignError(f"Unrecognised argument [{arg}]: give config overrides as --key=value.")
+        if overrides.get(key, value) != value:
+            raise AlignError(f"Bad configuration: --{key} given twice with different values.")
+        overrides[key] = value
+    return Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion

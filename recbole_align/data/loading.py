@@ -1,0 +1,49 @@
+"""A run's data: the RecBole dataset with clear errors for data it cannot use, and the evaluation loaders."""
+
+from pathlib import Path
+
+from recbole.utils import ModelType
+
+from recbole_align.data.dataset import AlignSequentialDataset
+from recbole_align.errors import AlignError
+from recbole_align.evaluator import rating_filtered_loader
+
+EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
+
+
+def load_dataset(config, model_class):
+    """The RecBole dataset for ``config``, with clear errors for data the run cannot use."""
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        raise AlignError(
+            f"recbole-align evaluates sequential recommenders on leave-one-out next-item cases; "
+            f"[{config['model']}] is a {config['MODEL_TYPE'].name.lower()} RecBole model."
+        )
+    inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    if not inter_file.is_file():
+        raise AlignError(
+            f"Dataset [{config['dataset']}] not found: no file [{inter_file}] (set --data_path to the "
+            f"folder that holds {config['dataset']}/{config['dataset']}.inter)."
+        )
+    try:
+        dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))
+    except ValueError as error:  # e.g. pandas cannot read a :float column such as the rating
+        raise AlignError(
+            f"Dataset [{config['dataset']}] could not be loaded from [{inter_file}]: {error} "
+            f"(a :float column must hold numbers only)."
+        ) from None
+    if dataset.time_field not in dataset.field2type:
+        raise AlignError(
+            f"[{config['model']}] needs a timestamp: dataset [{config['dataset']}] has no "
+            f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
+        )
+    return dataset
+
+
+def evaluation_loaders(config, valid_data, test_data):
+    """The loader of each of EVAL_SPLITS: RecBole's valid and test loaders and their rating-filtered cases."""
+    return {
+        "valid": valid_data,
+        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
+        "test": test_data,
+        "test_filtered": rating_filtered_loader(config, test_data, "test"),
+    }
