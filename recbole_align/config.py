@@ -55,33 +55,38 @@ def model_class_of(saved_config):
     return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
 
 
+def spec_of(config):
+    """The AlignModel that ``config`` (from :func:`build_config` or a checkpoint) trains: its model
+    class is the backbone's for BC and the post-training methods."""
+    return replace(resolve_model(config["model"]), model_class=model_class_of(config))
+
+
 def build_config(model, dataset, config_file_list=None, config_dict=None):
     """RecBole Config with recbole-align's yaml first: overall < backbone < model < dataset < the
-    user's files < config_dict < command line. BC and the post-training models run on the model
-    class named by the ``backbone`` key (default HSTU) and layer their own yaml over the backbone's."""
+    user's files < config_dict < command line, built once. BC and the post-training models run on
+    the model class named by the ``backbone`` key (default HSTU) and layer their own yaml over the
+    backbone's."""
     spec = resolve_model(model)
     user_files = list(config_file_list or [])
     for f in user_files:
         if not Path(f).is_file():
             raise AlignError(f"Config file [{f}] does not exist.")
 
-    def make(model_class, model_files):
+    def layers(model_files):
         dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
         defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
-        files = [str(f) for f in defaults if f is not None and f.exists()] + user_files
-        try:
-            return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
-        except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
-            raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
+        return [str(f) for f in defaults if f is not None and f.exists()] + user_files
 
-    if not spec.on_backbone:
-        config = make(spec.model_class, [spec.config_file])
-    else:
-        # probe: which backbone (the registered class's own yaml first, for keys Config needs, e.g. loss_type)
-        own_file = resolve_model(spec.model_class.__name__).config_file
-        backbone = backbone_spec(make(spec.model_class, [own_file, spec.config_file])["backbone"])
+    if spec.on_backbone:  # the backbone's class and yaml, then the method's yaml over them
+        backbone = backbone_spec(configured_value("backbone", layers([spec.config_file]), config_dict))
         spec = replace(spec, model_class=backbone.model_class)
-        config = make(spec.model_class, [backbone.config_file, spec.config_file])
+        files = layers([backbone.config_file, spec.config_file])
+    else:
+        files = layers([spec.config_file])
+    try:
+        config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+    except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
+        raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
     pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
     if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
         raise AlignError(
@@ -90,6 +95,20 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         )
     config["model"] = model
     return config, spec
+
+
+def configured_value(key, files, config_dict=None):
+    """``key`` as the Config of ``files`` (lowest priority first) and ``config_dict`` will hold it, read
+    before building it (e.g. which backbone's yaml to layer in)."""
+    if config_dict and key in config_dict:
+        return config_dict[key]
+    value = None
+    for path in files:
+        try:
+            value = (yaml.safe_load(Path(path).read_text()) or {}).get(key, value)
+        except (yaml.YAMLError, AttributeError) as error:
+            raise AlignError(f"Bad configuration: [{path}] is not a yaml mapping ({error}).".replace("\n", " ")) from None
+    return value
 
 
 def yaml_keys(path):

@@ -15,7 +15,7 @@ from recbole.utils import get_local_time, init_logger, init_seed, set_color
 
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import join_process_group
-from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, yaml_keys
+from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
 from recbole_align.data import EVAL_SPLITS, evaluation_loaders, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
@@ -34,7 +34,7 @@ RUN_ONLY_KEYS = {
 
 
 def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
-    """The BC checkpoint a post-training run starts from: trained by a nested ``BC`` run of the
+    """The BC checkpoint a post-training run starts from: trained by a ``BC`` stage of the
     backbone (``backbone`` config key) on the same data and config, with a reward head if the method's
     trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
     whose BC config is the same (the key hashes that config). An interrupted BC stage resumes from
@@ -57,11 +57,9 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
     partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
     last = Path(last_state_file(partial))
-    bc_dict.update(
-        checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")),
-        resume=str(last) if last.is_file() else None,
-    )
-    run_recbole_align("BC", dataset, config_file_list, bc_dict)
+    bc_config["checkpoint_file"], bc_config["results_file"] = str(partial), str(path.with_suffix(".json"))
+    bc_config["resume"] = str(last) if last.is_file() else None
+    run_stage(bc_config, bc_spec)
     partial.replace(path)
     last.unlink(missing_ok=True)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
@@ -77,27 +75,40 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     (its generations on the test cases scored by the BC checkpoint's reward head). With ``resume``
     (a ``<checkpoint>.last.pth``) it continues that run from its last validated epoch.
     """
-    config_dict = dict(config_dict or {})
-    local_rank = config_dict.pop("local_rank", None)  # set by run_processes, as RecBole's run_recboles sets it
     config, spec = build_config(model, dataset, config_file_list, config_dict)
+    return run_stage(config, spec, config_file_list, config_dict, saved)
+
+
+def run_stage(config, spec, config_file_list=None, config_dict=None, saved=True):
+    """A run from its built ``config`` (``config_file_list`` and ``config_dict`` built it): check
+    ``resume``, start logging, train or reuse the BC checkpoint first when a post-training run names
+    none (:func:`behaviour_cloning_stage`, a stage of its own), then train and evaluate here or in
+    ``nproc`` processes (:func:`run_processes`)."""
     if config["resume"]:
         check_resume(config)
-    if local_rank is not None:
-        join_process_group(config, local_rank)
+    start_logging(config)
+    if spec.post_training and not config["pretrained_checkpoint"]:
+        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
+    if config["single_spec"] and (config["nproc"] > 1 or config["world_size"] > 0):
+        return run_processes(config, saved)
+    return train_and_evaluate(config, spec, saved)
+
+
+def start_logging(config):
+    """Check the output folders, seed, and start RecBole's logger with the run's config."""
     writable_folder(config["checkpoint_dir"], "checkpoint_dir")
     if config["results_file"]:
         writable_folder(Path(config["results_file"]).parent, "The folder of results_file")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    logger = getLogger()
-    logger.info(sys.argv)
-    logger.info(config)
+    getLogger().info(sys.argv)
+    getLogger().info(config)
 
-    pretrained = None
-    if spec.post_training and not config["pretrained_checkpoint"]:
-        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
-    if config["single_spec"] and (config["nproc"] > 1 or config["world_size"] > 0):
-        return run_processes(config, config_file_list, config_dict, saved)
+
+def train_and_evaluate(config, spec, saved=True):
+    """data -> model (a post-training one from ``pretrained_checkpoint``) -> trainer -> evaluation of
+    every split -> the results JSON (see :func:`run_recbole_align`)."""
+    logger, pretrained = getLogger(), None
     if spec.post_training:
         pretrained = read_pretrained(config["pretrained_checkpoint"])
         for key, (configured, adopted) in adopt_architecture(config, pretrained, spec.model_class).items():
@@ -137,8 +148,8 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
         logger.info(set_color(f"{split} result ({n_cases} cases)", "yellow") + f": {metrics[split]}")
 
     results = {
-        "model": model,
-        "dataset": dataset,
+        "model": config["model"],
+        "dataset": config["dataset"],
         "seed": config["seed"],
         **metrics,
         **counts,
@@ -169,12 +180,12 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     return results
 
 
-def run_processes(config, config_file_list=None, config_dict=None, saved=True):
+def run_processes(config, saved=True):
     """Run ``config`` as RecBole's distributed mode does (``run_recboles``): ``nproc`` processes on
     this machine, ranks ``offset`` .. ``offset + nproc - 1`` of ``world_size`` (default ``nproc``),
-    each one a :func:`run_recbole_align` with its ``local_rank``. The checkpoint's name is chosen
-    here, so that every process loads the best model that its machine's first process saved.
-    Returns the results that the first process writes."""
+    each one :func:`train_and_evaluate` on its copy of ``config`` with its ``local_rank``. The
+    checkpoint's name is chosen here, so that every process loads the best model that its machine's
+    first process saved. Returns the results that the first process writes."""
     import torch.multiprocessing as mp
 
     if config["device"].type == "cuda" and torch.cuda.device_count() < config["nproc"]:
@@ -183,35 +194,29 @@ def run_processes(config, config_file_list=None, config_dict=None, saved=True):
             f"{torch.cuda.device_count()} visible: list {config['nproc']} of them, e.g. --gpu_id=0,1, "
             f"or set --gpu_id='' to run the processes on the CPU."
         )
-    checkpoint = config["checkpoint_file"] or str(
+    config["checkpoint_file"] = config["checkpoint_file"] or str(
         Path(config["checkpoint_dir"]) / f"{config['model']}-{get_local_time()}.pth"
     )
-    process_dict = {
-        **(config_dict or {}),
-        "pretrained_checkpoint": config["pretrained_checkpoint"],
-        "checkpoint_file": checkpoint,
-        "nproc": config["nproc"],
-        "world_size": config["world_size"] if config["world_size"] > 0 else config["nproc"],
-    }
+    config["world_size"] = config["world_size"] if config["world_size"] > 0 else config["nproc"]
     errors = mp.get_context("spawn").SimpleQueue()
     try:
-        mp.spawn(
-            _run_process, args=(config["model"], config["dataset"], config_file_list, process_dict, saved, errors),
-            nprocs=config["nproc"],
-        )
+        mp.spawn(_run_process, args=(config, saved, errors), nprocs=config["nproc"])
     except mp.ProcessExitedException:
         if errors.empty():
             raise
         raise AlignError(errors.get()) from None
-    results_file = Path(config["results_file"] or Path(checkpoint).with_suffix(".json"))
+    results_file = Path(config["results_file"] or Path(config["checkpoint_file"]).with_suffix(".json"))
     return {**json.loads(results_file.read_text()), "results_file": str(results_file)}
 
 
-def _run_process(local_rank, model, dataset, config_file_list, config_dict, saved, errors):
+def _run_process(local_rank, config, saved, errors):
     """One process of :func:`run_processes`; an AlignError's message goes back through ``errors``."""
-    torch.set_num_threads(max(1, torch.get_num_threads() // config_dict["nproc"]))  # CPU threads shared out
+    torch.set_num_threads(max(1, torch.get_num_threads() // config["nproc"]))  # CPU threads shared out
+    config.compatibility_settings()  # RecBole's numpy aliases, which building a Config sets (this one was unpickled)
     try:
-        run_recbole_align(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
+        join_process_group(config, local_rank)
+        start_logging(config)
+        train_and_evaluate(config, spec_of(config), saved)
     except AlignError as error:
         errors.put(str(error))
         sys.exit(2)
