@@ -190,7 +190,7 @@ def test_final_epoch_view_reads_the_last_logged_epoch():
         log = [{"epoch": e, "test_filtered": {key: 0.1 * (e + 1) for key in METRICS}} for e in range(3)]
         log[-1]["test_filtered"] = {key: final_ndcg for key in METRICS}
         return {"test_filtered": {key: 0.2 for key in METRICS}, "epoch_log": log, "best_epoch": best_epoch,
-                "avg_reward": 3.0, **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
+                "avg_reward": 3.0, "config": {"epochs": 3}, **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
 
     runs = [Run("PPO", "PPO", seed, {}, results(value, 1)) for seed, value in ((1, 0.05), (2, 0.07))]
     best, final = aggregate(runs, "test_filtered")["PPO"], aggregate(runs, "test_filtered", "final")["PPO"]
@@ -205,7 +205,7 @@ def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
     def results(best_ndcg, final_ndcg, epochs):
         log = [{"epoch": e, "test_filtered": {key: final_ndcg for key in METRICS}} for e in range(epochs)]
         return {"test_filtered": {key: best_ndcg for key in METRICS}, "epoch_log": log, "best_epoch": 0,
-                **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
+                "config": {"epochs": epochs}, **dict.fromkeys(("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb"), 1.0)}
 
     runs = [Run("BC", "BC", 1, {}, results(0.2, 0.1, 12)), Run("PPO", "PPO", 1, {}, results(0.3, 0.05, 4))]
     final = table3(runs, "test_filtered", "final", ["BC", "PPO"])
