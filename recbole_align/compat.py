@@ -1,6 +1,7 @@
 """Compatibility fixes for RecBole 1.2.1 (see the README), applied without changing RecBole's files.
 
 * Checkpoint loading on torch >= 2.6 (:func:`load_checkpoint`, :func:`full_checkpoint_loading`).
+* RecBole's logger in runs started together: :func:`init_logger` creates the log folders first.
 * Multi-process training on any device: RecBole's ``Config`` always starts the process group with
   the nccl backend on one GPU per process, and its trainer wraps the model in
   ``DistributedDataParallel`` with ``device_ids``, which DDP refuses for a CPU model.
@@ -21,6 +22,7 @@ from unittest import mock
 
 import torch
 import torch.distributed as dist
+from recbole.utils import init_logger as recbole_init_logger
 from torch.nn.parallel import DistributedDataParallel
 
 _NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -43,6 +45,14 @@ def full_checkpoint_loading():
             del os.environ[_NO_WEIGHTS_ONLY]
         else:
             os.environ[_NO_WEIGHTS_ONLY] = previous
+
+
+def init_logger(config):
+    """RecBole's ``init_logger``, safe for runs started together in one folder: RecBole 1.2.1 checks
+    whether ``./log/<model>`` exists and then creates it, so the second of two runs can crash with
+    ``FileExistsError``; the folders are created here first, with ``exist_ok``."""
+    os.makedirs(os.path.join("log", config["model"]), exist_ok=True)
+    recbole_init_logger(config)
 
 
 def join_process_group(config, local_rank):

@@ -6,6 +6,7 @@ arguments as RecBole types its own command line.
 """
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,6 +56,34 @@ def model_class_of(saved_config):
     return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
 
 
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The RecBole keys users set most, checked before any data is loaded: (key, test, what it must be).
+# (RecBole checks topk itself; a topk above the catalogue is refused once the data is loaded.)
+SETTING_CHECKS = (
+    ("epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
+    ("train_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
+    ("eval_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
+    ("learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
+    ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("eval_rating_threshold", lambda v: v is None or _number(v), "a number, or ~ for no rating filter"),
+)
+
+
+def check_settings(config):
+    """Refuse a value of SETTING_CHECKS' keys that RecBole would take and fail on later (or run on silently)."""
+    for key, valid, what in SETTING_CHECKS:
+        if key in config and not valid(config[key]):
+            raise AlignError(f"{key} must be {what}; got {config[key]!r}.")
+
+
 def spec_of(config):
     """The AlignModel that ``config`` (from :func:`build_config` or a checkpoint) trains: its model
     class is the backbone's for BC and the post-training methods."""
@@ -87,6 +116,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
     except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
         raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
+    check_settings(config)
     pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
     if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
         raise AlignError(

@@ -11,10 +11,10 @@ from time import time
 
 import torch
 from recbole.data import data_preparation
-from recbole.utils import get_local_time, init_logger, init_seed, set_color
+from recbole.utils import get_local_time, init_seed, set_color
 
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.compat import join_process_group
+from recbole_align.compat import init_logger, join_process_group
 from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
 from recbole_align.data import EVAL_SPLITS, evaluation_loaders, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model

@@ -1,5 +1,6 @@
 """End-to-end runs of run_recbole_align.py and its clear errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,17 @@ def without_column(data_path, column, name):
         (["--mixed_precision=fp16"], "mixed_precision must be bf16 or ~"),
         (["--negative_sharing=user"], "negative_sharing must be one of"),
         (["--length_grouped_batches=True", "--length_group_size=0"], "length_group_size must be an integer >= 1"),
+        # the RecBole keys users set most (recbole_align.config.SETTING_CHECKS), checked before any data is loaded
+        (["--eval_rating_threshold=abc"], "eval_rating_threshold must be a number, or ~ for no rating filter; got 'abc'"),
+        (["--epochs=-1"], "epochs must be an integer >= 0"),
+        (["--epochs=2.5"], "epochs must be an integer >= 0"),
+        (["--train_batch_size=0"], "train_batch_size must be a positive integer; got 0"),
+        (["--eval_batch_size=-4"], "eval_batch_size must be a positive integer"),
+        (["--learning_rate=0"], "learning_rate must be a number > 0"),
+        (["--learning_rate=fast"], "learning_rate must be a number > 0"),
+        (["--topk=[10,0]"], "topk must be a positive integer or a list of positive integers"),  # RecBole's check
+        (["--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be a positive integer"),
+        (["--stopping_step=-1"], "stopping_step must be an integer >= 0"),
     ],
 )
 def test_clear_errors(tmp_path, ml100k_slice, args, message):
@@ -105,6 +117,40 @@ def test_missing_fields(tmp_path, ml100k_slice, column, message):
     assert process.returncode == 2
     assert message in process.stderr and "Traceback" not in process.stderr
     assert results is None
+
+
+def inf_rating(frame):
+    return frame.assign(**{"rating:float": frame["rating:float"].where(frame.index != 7, float("inf"))})
+
+
+def one_user_29_items(frame):
+    return frame[frame["user_id:token"] == frame["user_id:token"].iloc[0]].head(29)
+
+
+@pytest.mark.parametrize("change, message", [
+    (inf_rating, "1 rating(s) are not finite (inf)"),
+    (one_user_29_items, "topk [10, 50] asks for 50 items, but dataset [changed] has only 29: set a smaller topk"),
+])
+def test_unusable_data(tmp_path, ml100k_slice, change, message):
+    frame = pd.read_csv(Path(ml100k_slice) / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
+    data_path = write_atomic(tmp_path / "data", "changed", change(frame))
+    process, results = run_cli(tmp_path, "--model=HSTU", "--dataset=changed", f"--data_path={data_path}", *TINY)
+    assert process.returncode == 2 and results is None
+    assert message in process.stderr and "Traceback" not in process.stderr
+    assert process.stderr.strip().count("\n") == 0
+
+
+def test_two_runs_started_together_in_one_folder(tmp_path, ml100k_slice):
+    """RecBole 1.2.1 creates ./log racily (FileExistsError; recbole_align.compat.init_logger) and names
+    both checkpoints <model>-<time>.pth when they start in the same second (the trainer adds the pid)."""
+    command = [sys.executable, str(REPO / "run_recbole_align.py"), "--model=HSTU", "--dataset=ml-100k-slice",
+               f"--data_path={ml100k_slice}", *TINY]
+    processes = [subprocess.Popen([*command, f"--results_file={tmp_path / f'run{i}.json'}"], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for process in processes:
+        assert process.wait(timeout=300) == 0, process.stderr.read()[-2000:]
+    first, second = (json.loads((tmp_path / f"run{i}.json").read_text()) for i in range(2))
+    assert first["checkpoint"] != second["checkpoint"]  # RecBole names both <model>-<time>.pth
 
 
 def test_same_seed_same_metrics(tmp_path, ml100k_slice):

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import torch
 from recbole.utils import ModelType
 
 from recbole_align.data.dataset import AlignSequentialDataset
@@ -36,7 +38,28 @@ def load_dataset(config, model_class):
             f"[{config['model']}] needs a timestamp: dataset [{config['dataset']}] has no "
             f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
         )
+    check_data(config, dataset)
     return dataset
+
+
+def check_data(config, dataset):
+    """Refuse data that would give a wrong number or a deep error later: ratings that are not finite,
+    and a catalogue smaller than the largest ``topk``."""
+    rating = config["RATING_FIELD"]
+    if rating in dataset.field2type:
+        ratings = torch.as_tensor(np.asarray(dataset.inter_feat[rating], dtype=np.float64))
+        bad = ~torch.isfinite(ratings)  # NaN was filled by RecBole (and counted) already
+        if bad.any():
+            raise AlignError(
+                f"Dataset [{config['dataset']}]: {int(bad.sum())} rating(s) are not finite (inf): every "
+                f"[{rating}] must be a finite number."
+            )
+    topk = max(config["topk"]) if isinstance(config["topk"], list) else config["topk"]
+    if topk >= dataset.item_num:  # item_num counts the padding id 0
+        raise AlignError(
+            f"topk {config['topk']} asks for {topk} items, but dataset [{config['dataset']}] has only "
+            f"{dataset.item_num - 1}: set a smaller topk, e.g. --topk=[{max(1, min(10, dataset.item_num - 1))}]."
+        )
 
 
 def evaluation_loaders(config, valid_data, test_data):

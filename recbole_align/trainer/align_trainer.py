@@ -47,7 +47,8 @@ class AlignTrainerMixin:
 
     * full-sort evaluation that excludes the items of the case's history (the model's input
       window, as the HSTU reference does); RecBole 1.2.1 excludes nothing for sequential models;
-    * ``checkpoint_file`` (config key) to choose the checkpoint's path;
+    * ``checkpoint_file`` (config key) to choose the checkpoint's path; by default RecBole's
+      ``<model>-<time>.pth`` with the process id added (runs started together get their own);
     * a clear error when the training loss becomes NaN or infinite (RecBole checks NaN only);
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics, the metrics of
       ``epoch_test_loaders`` (the test cases, filtered and unfiltered: never used for model
@@ -73,6 +74,9 @@ class AlignTrainerMixin:
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
+        else:  # RecBole's <model>-<time>.pth, which two runs started in the same second would share
+            path = Path(self.saved_model_file)
+            self.saved_model_file = str(path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}"))
 
     def _build_optimizer(self, **kwargs):
         betas = self.config["optimizer_betas"]
