@@ -82,6 +82,14 @@ def check_settings(config):
     for key, valid, what in SETTING_CHECKS:
         if key in config and not valid(config[key]):
             raise AlignError(f"{key} must be {what}; got {config[key]!r}.")
+    metric, _, k = str(config["valid_metric"]).partition("@")
+    topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
+    if k and k.isdigit() and int(k) not in topk:
+        raise AlignError(
+            f"valid_metric {config['valid_metric']} needs {k} in topk {config['topk']}: add it (e.g. "
+            f"--topk=[{','.join(str(t) for t in sorted({*topk, int(k)}))}]) or choose another, e.g. "
+            f"--valid_metric={metric}@{topk[0]}."
+        )
 
 
 def spec_of(config):
@@ -161,8 +169,9 @@ def json_safe(config_dict):
 
 
 def command_line_overrides(args):
-    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line,
-    refusing anything else and a key given twice with different values, as RecBole does."""
+    """``--key=value`` arguments as a config dict, typed as RecBole types its own command line (and
+    ``~`` is None, as in yaml), refusing anything else and a key given twice with different values, as
+    RecBole does."""
     overrides = {}
     for arg in args:
         key, equals, value = arg[2:].partition("=")
@@ -171,4 +180,5 @@ def command_line_overrides(args):
         if overrides.get(key, value) != value:
             raise AlignError(f"Bad configuration: --{key} given twice with different values.")
         overrides[key] = value
-    return Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion
+    converted = Config._convert_config_dict(None, overrides)  # RecBole's own str -> value conversion
+    return {key: None if value == "~" else value for key, value in converted.items()}

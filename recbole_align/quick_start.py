@@ -16,7 +16,7 @@ from recbole.utils import get_local_time, init_seed, set_color
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import init_logger, join_process_group
 from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
-from recbole_align.data import EVAL_SPLITS, evaluation_loaders, length_grouped, load_dataset
+from recbole_align.data import EVAL_SPLITS, check_splits, evaluation_loaders, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.model.policy import NextItemPolicy
@@ -117,6 +117,7 @@ def train_and_evaluate(config, spec, saved=True):
     data = load_dataset(config, spec.model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    check_splits(config, train_data, valid_data, test_data)
     if issubclass(spec.model_class, NextItemPolicy):  # the models that trim batches; RecBole's own train as RecBole does
         train_data = length_grouped(config, train_data)
     loaders = evaluation_loaders(config, valid_data, test_data)

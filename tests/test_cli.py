@@ -85,6 +85,7 @@ def without_column(data_path, column, name):
         (["--negative_sharing=user"], "negative_sharing must be one of"),
         (["--length_grouped_batches=True", "--length_group_size=0"], "length_group_size must be an integer >= 1"),
         # the RecBole keys users set most (recbole_align.config.SETTING_CHECKS), checked before any data is loaded
+        (["--eval_rating_threshold=~", "--model=ExpRSFT", "--reward_lambda=-1"], "reward_lambda"),  # ~ is None
         (["--eval_rating_threshold=abc"], "eval_rating_threshold must be a number, or ~ for no rating filter; got 'abc'"),
         (["--epochs=-1"], "epochs must be an integer >= 0"),
         (["--epochs=2.5"], "epochs must be an integer >= 0"),
@@ -93,6 +94,7 @@ def without_column(data_path, column, name):
         (["--learning_rate=0"], "learning_rate must be a number > 0"),
         (["--learning_rate=fast"], "learning_rate must be a number > 0"),
         (["--topk=[10,0]"], "topk must be a positive integer or a list of positive integers"),  # RecBole's check
+        (["--topk=[5]"], "valid_metric NDCG@10 needs 10 in topk [5]: add it (e.g. --topk=[5,10])"),
         (["--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be a positive integer"),
         (["--stopping_step=-1"], "stopping_step must be an integer >= 0"),
     ],
@@ -127,8 +129,13 @@ def one_user_29_items(frame):
     return frame[frame["user_id:token"] == frame["user_id:token"].iloc[0]].head(29)
 
 
+def three_interactions(frame):
+    return frame.groupby("user_id:token").head(3)
+
+
 @pytest.mark.parametrize("change, message", [
     (inf_rating, "1 rating(s) are not finite (inf)"),
+    (three_interactions, "leaves no valid case: leave-one-out needs users with at least 4 interactions"),
     (one_user_29_items, "topk [10, 50] asks for 50 items, but dataset [changed] has only 29: set a smaller topk"),
 ])
 def test_unusable_data(tmp_path, ml100k_slice, change, message):

@@ -62,6 +62,16 @@ def check_data(config, dataset):
         )
 
 
+def check_splits(config, train_data, valid_data, test_data):
+    """Refuse a split that leaves no training, valid or test case (e.g. users with too few interactions)."""
+    for name, loader in (("training", train_data), ("valid", valid_data), ("test", test_data)):
+        if len(loader.dataset) == 0:
+            raise AlignError(
+                f"Dataset [{config['dataset']}] leaves no {name} case: leave-one-out needs users with at least "
+                f"4 interactions (a first item as history, then a training, a valid and a test target)."
+            )
+
+
 def evaluation_loaders(config, valid_data, test_data):
     """The loader of each of EVAL_SPLITS: RecBole's valid and test loaders and their rating-filtered cases."""
     return {
