@@ -32,7 +32,7 @@ def generated_frame(n_users=12, seed=0):
 
 def config_for(model, dataset, data_path, **overrides):
     config, spec = build_config(
-        model, dataset, config_dict={"data_path": str(data_path), "MAX_ITEM_LIST_LENGTH": 5, "state": "ERROR", **overrides}
+        model, dataset, config_dict={"data_path": str(data_path), "MAX_ITEM_LIST_LENGTH": 5, "topk": [10], "state": "ERROR", **overrides}
     )
     return config, spec
 
