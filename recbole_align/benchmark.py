@@ -437,7 +437,7 @@ def hardware():
 
 
 REWARD_MODEL_NOTE = (
-    "What the reward model sees: r̂(s, a) is the reward head on the BC model's HSTU state at the case, and "
+    "What the reward model sees: r̂(s, a) is the reward head on the BC backbone's state at the case; with HSTU "
     "that state is conditioned on the held-out item's timestamp (HSTU's target-aware time encoding, as the "
     "reference code); the user, item and global means are not given it. The head's offset is the mean of "
     "all training ratings, so at initialisation it is the Global Mean predictor."
