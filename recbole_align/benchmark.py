@@ -107,10 +107,10 @@ def execute(run, dataset, output_dir, config_files, user_args):
         sys.executable, str(RUN_SCRIPT), f"--model={run.model}", f"--dataset={dataset}",
         *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
         *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
-        f"--results_file={results_file}", *([f"--resume={last_state}"] if last_state.is_file() else []),
+        f"--results_file={results_file}", *([f"--resume={last_state}"] if run.resumed else []),
         *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
     ]
-    with open(log_file, "a" if last_state.is_file() else "w") as log:
+    with open(log_file, "a" if run.resumed else "w") as log:
         process = subprocess.run(command, cwd=output_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
     if process.returncode == 0 and results_file.is_file():
         run.results = json.loads(results_file.read_text())
