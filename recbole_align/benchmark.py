@@ -1,27 +1,35 @@
-"""One command for the Exp-RSFT paper's comparison, with seeds, tuning, RecBole baselines, plots and costs.
+"""The experiment harness: the Exp-RSFT paper's comparison, with seeds, tuning, the λ sweep, RecBole
+baselines, per-epoch traces, plots and costs (``recbole-align benchmark``; ``recbole-align sweep`` is
+its λ sweep alone).
 
     python -m recbole_align.benchmark --dataset=ml-1m-half --data_path=../shared/data --seeds="[2020,2021,2022]"
     python -m recbole_align.benchmark --dataset=ml-100k --seeds="[2020,2021,2022]" --tune --baselines="[]"
+    python -m recbole_align.benchmark --dataset=ml-100k --pretrained_checkpoint=saved/bc.pth --methods="[PPO]" --trace
 
 For each seed: BC of the backbone (``--backbone``, default HSTU) is trained once, with the reward
-head, and every post-training method starts from that checkpoint and trains for the fixed budget of
-``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0, 1]-rescaled
-ratings. With ``--tune``, every post-training row first gets the same grid of 8 trials on the first
-seed (SHARED_GRID x its METHOD_GRID key), chosen on the filtered valid NDCG@10, and every seed then
-runs at the choice. The RecBole baselines train with RecBole's own pipeline for at most
-``--baseline_epochs`` epochs. Every run is a process of ``run_recbole_align.py`` whose results JSON
-(and log) is kept under ``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers
-the run's model, dataset, config files and settings (and, through the BC checkpoint's name, BC's):
-rerunning the command skips the runs whose JSON exists, so an interrupted benchmark resumes. A
-failed run is reported and left out of the tables.
+head (or ``--pretrained_checkpoint`` is taken as every seed's BC, its row that checkpoint evaluated by
+a 0-epoch run), and every post-training method starts from that checkpoint and trains for the fixed
+budget of ``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0,
+1]-rescaled ratings; ``--sweep_lambda`` adds an Exp-RSFT row per λ. With ``--tune``, every
+post-training row first gets the same grid of 8 trials on the first seed (SHARED_GRID x its
+METHOD_GRID key), chosen on the filtered valid NDCG@10, and every seed then runs at the choice. The
+RecBole baselines train with RecBole's own pipeline for at most ``--baseline_epochs`` epochs. Every
+run is a process of ``python -m recbole_align`` whose results JSON (and log) is kept under
+``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers the run's model,
+dataset, config files and settings (and, through the BC checkpoint's name, BC's): rerunning the
+command skips the runs whose JSON exists and continues an interrupted run from its last epoch, so an
+interrupted benchmark resumes. A failed run is reported and left out of the tables.
 
-Writes to ``--output_dir``: ``table.md`` (Table 3 on the rating-filtered test cases at the final epoch
-of the budget and at the best validation epoch, the unfiltered metrics, the reward model's Table 2,
-the cost table, the tuning trials; mean ± std over seeds, % change from BC, best in bold),
-``table.csv`` (best epoch), ``table_final.csv``, ``unfiltered.csv``, ``reward_model.csv``,
-``cost.csv``, ``tuning.csv``, ``epochs.png`` (filtered valid and test NDCG@10 per epoch of every
-method, the paper's Figure 2) and, with ``--sweep_lambda``, ``lambda_sweep.png`` (Figure 3, final
-epoch). Any other ``--key=value`` is a config override for every run; ``--bc_epochs`` sets BC's budget.
+Writes to ``--output_dir`` (tables and plots through :mod:`recbole_align.report`): ``table.md``
+(Table 3 on the rating-filtered test cases at the final epoch of the budget and at the best
+validation epoch, the unfiltered metrics, the reward model's Table 2, the cost table, the λ sweep,
+the tuning trials and, with ``--trace``, every post-training run's per-epoch table; mean ± std over
+seeds, % change from BC, best in bold), ``runs.csv`` (one row per run: every split's metrics at the
+best and the final epoch, Avg Reward, costs), ``table.csv`` (best epoch), ``table_final.csv``,
+``unfiltered.csv``, ``reward_model.csv``, ``cost.csv``, ``tuning.csv``, ``epochs.png`` (filtered
+valid and test NDCG@10 per epoch of every method, the paper's Figure 2), ``baselines.png`` and
+``lambda_sweep.png`` (Figure 3, final epoch). Any other ``--key=value`` is a config override for
+every run; ``--bc_epochs`` sets BC's budget.
 """
 
 import argparse
@@ -34,24 +42,29 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 from time import time
 
 import numpy as np
 import torch
 
-from recbole_align.diagnostics import PREDICTORS, markdown_table, run_diagnostics, write_table
-from recbole_align.errors import AlignError
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.config import command_line_overrides
-from recbole_align.sweep import parse_lambdas
+from recbole_align.config import command_line_overrides, resolve_model
+from recbole_align.data import EVAL_SPLITS
+from recbole_align.diagnostics import PREDICTORS, run_diagnostics
+from recbole_align.errors import AlignError
+from recbole_align.pretrained import read_pretrained
+from recbole_align.report import (
+    COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs,
+    trace_table, write_records, write_table,
+)
 from recbole_align.trainer.align_trainer import last_state_file
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the runs' processes import recbole_align from
 
 METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
-COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
-COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
-RUN_SCRIPT = Path(__file__).resolve().parent.parent / "run_recbole_align.py"
 
 
 @dataclass
@@ -65,6 +78,7 @@ class Run:
     results: dict = field(default=None)
     error: str = None
     resumed: bool = False  # continued from the last validated epoch of an interrupted invocation
+    results_file: Path = None
 
 
 def parse_list(text, name, kind=str):
@@ -83,6 +97,19 @@ def parse_list(text, name, kind=str):
     return values
 
 
+def parse_lambdas(text, name="--sweep_lambda"):
+    """"[0.1, 0.5, 2]" -> [0.1, 0.5, 2] (sorted); every λ must be a number > 0, else an error naming
+    the option ``name``."""
+    try:
+        values = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        values = None
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and v > 0 for v in values):
+        raise AlignError(f"{name} must be a list of numbers > 0, e.g. \"[0.1,0.5,2]\"; got {text!r}.")
+    return sorted(values)
+
+
 def run_hash(run, dataset, config_files, user_args):
     """12 hex digits naming everything that decides a run's results (model, data, config, seed)."""
     files = {str(f): Path(f).read_text() for f in config_files}
@@ -97,6 +124,7 @@ def execute(run, dataset, output_dir, config_files, user_args):
     stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
+    run.results_file = results_file
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())
         return 0.0
@@ -104,14 +132,15 @@ def execute(run, dataset, output_dir, config_files, user_args):
     run.resumed = last_state.is_file()
     start = time()
     command = [
-        sys.executable, str(RUN_SCRIPT), f"--model={run.model}", f"--dataset={dataset}",
+        sys.executable, "-m", "recbole_align", f"--model={run.model}", f"--dataset={dataset}",
         *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
         *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
         f"--results_file={results_file}", *([f"--resume={last_state}"] if run.resumed else []),
         *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
     ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))))}
     with open(log_file, "a" if run.resumed else "w") as log:
-        process = subprocess.run(command, cwd=output_dir, stdout=log, stderr=subprocess.STDOUT, check=False)
+        process = subprocess.run(command, cwd=output_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
     if process.returncode == 0 and results_file.is_file():
         run.results = json.loads(results_file.read_text())
     else:
@@ -150,9 +179,40 @@ def post_settings(backbone, seed, epochs):
     return {"backbone": backbone, "seed": seed, "epochs": epochs, "stopping_step": epochs}
 
 
-def bc_run(seed, backbone, bc_epochs):
+def bc_run(seed, backbone, bc_epochs, given=None):
+    """The BC row of ``seed``: BC trained with the reward head or, with ``given`` (a BC checkpoint and a
+    post-training model to evaluate it with), that checkpoint evaluated by a 0-epoch run of the model."""
+    if given is not None:
+        checkpoint, model = given
+        return Run("BC", model, seed, {"seed": seed, "pretrained_checkpoint": checkpoint, "epochs": 0})
     settings = {"backbone": backbone, "reward_head": True, "seed": seed}
     return Run("BC", "BC", seed, {**settings, **({"epochs": bc_epochs} if bc_epochs is not None else {})})
+
+
+def bc_checkpoint_of(results):
+    """The BC checkpoint of a BC row's results: the given one, else the one its run trained."""
+    return results.get("pretrained_checkpoint") or results["checkpoint"]
+
+
+def given_bc(checkpoint, methods):
+    """(checkpoint, model) for :func:`bc_run`: the model is the first of ``methods`` that needs a reward
+    head when the checkpoint has one (so that BC's row gets its Avg Reward), else the first method."""
+    if not Path(checkpoint).is_file():
+        raise AlignError(f"--pretrained_checkpoint [{checkpoint}] is not a file.")
+    post = [m for m in methods if m != "BC"]
+    if not post:
+        raise AlignError("--pretrained_checkpoint needs a post-training method in --methods (or --sweep_lambda).")
+    has_head = read_pretrained(checkpoint)["config"]["reward_head"]
+    needs_head = [m for m in post if has_head and getattr(resolve_model(m).trainer_class, "requires_reward_head", False)]
+    return str(Path(checkpoint).resolve()), (needs_head or post)[0]
+
+
+def training_costs(checkpoint):
+    """COST_KEYS of the run that trained ``checkpoint``, from the results JSON it wrote beside it (None
+    each when there is none): a given BC checkpoint's costs, which its 0-epoch evaluation does not have."""
+    trained = Path(checkpoint).with_suffix(".json")
+    values = json.loads(trained.read_text()) if trained.is_file() else {}
+    return {key: values.get(key) for key in COST_KEYS}
 
 
 def parse_budgets(text, baselines):
@@ -171,13 +231,14 @@ def parse_budgets(text, baselines):
     return {b: budgets.get(b, default) for b in baselines}
 
 
-def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None):
+def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None, given=None):
     """The runs of one benchmark, in order: per seed, BC, the methods (with ``tuned``: {label:
     settings} on top), the λ sweep, then the baselines (``baseline_epochs``: {baseline: budget}; RecBole's
-    early stopping). A post-training run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
+    early stopping; ``given``: see :func:`bc_run`). A post-training run's ``pretrained_checkpoint`` is filled
+    in once its seed's BC has run."""
     runs = []
     for seed in seeds:
-        runs.append(bc_run(seed, backbone, bc_epochs))
+        runs.append(bc_run(seed, backbone, bc_epochs, given))
         post = post_settings(backbone, seed, epochs)
         runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
                  for label, m, settings in method_rows(methods)]
@@ -186,9 +247,9 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
     return runs
 
 
-def tuning_plan(seed, methods, backbone, bc_epochs, epochs):
+def tuning_plan(seed, methods, backbone, bc_epochs, epochs, given=None):
     """BC of ``seed`` and, for every post-training row, its grid's trials (same number each)."""
-    runs = [bc_run(seed, backbone, bc_epochs)]
+    runs = [bc_run(seed, backbone, bc_epochs, given)]
     post = post_settings(backbone, seed, epochs)
     for label, m, settings in method_rows(methods):
         runs += [Run(label, m, seed, {**post, **settings, **trial}) for trial in grid(label)]
@@ -199,7 +260,7 @@ def tuning_choice(trials):
     """{label: the settings of its trial with the highest filtered valid NDCG@10 (at its best epoch)}
     among the finished ``trials`` (the first on ties)."""
     chosen = {}
-    for label in dict.fromkeys(t.label for t in trials if t.model != "BC"):
+    for label in dict.fromkeys(t.label for t in trials if t.label != "BC"):
         finished = [t for t in trials if t.label == label and t.results is not None]
         if finished:
             best = max(finished, key=lambda t: t.results["valid_filtered"]["ndcg@10"])
@@ -213,7 +274,7 @@ def tuning_table(trials, chosen):
     header = ["Method", "trial", "valid NDCG@10 (best epoch)", "best epoch", "valid NDCG@10 (final epoch)", "chosen"]
     rows = []
     for trial in trials:
-        if trial.model == "BC" or trial.results is None:
+        if trial.label == "BC" or trial.results is None:
             continue
         keys = grid(trial.label)[0]
         setting = ", ".join(f"{key}={trial.settings[key]}" for key in keys)
@@ -227,7 +288,7 @@ def tuning_table(trials, chosen):
 
 def kind(run):
     """BC, post-training (methods and the λ sweep) or baseline: runs of one kind cost alike."""
-    return "BC" if run.model == "BC" else "post" if run.model in METHODS else "baseline"
+    return "BC" if run.label == "BC" else "post" if run.model in METHODS else "baseline"
 
 
 def remaining_seconds(runs, spent):
@@ -269,146 +330,46 @@ def aggregate(runs, split, view="best"):
     for label, results in by_label.items():
         at = [metrics_at(r, split, view) for r in results]
         row = {key: mean_std([m[key] if m is not None else None for m in at]) for _, key in COLUMNS}
-        row["epoch"] = mean_std([r["best_epoch"] if view == "best" else r["epoch_log"][-1]["epoch"] for r in results])
+        row["epoch"] = mean_std([r["epoch_log"][-1]["epoch"] if view == "final" and r["epoch_log"] else r["best_epoch"]
+                                  for r in results])
         row["avg_reward"] = mean_std([r.get("avg_reward") for r in results]) if view == "best" else None
         for key in COST_KEYS:
             row[key] = mean_std([r[key] for r in results])
-        row["stopped_early"] = sum(r["epochs_run"] < r["config"]["epochs"] for r in results)
+        row["stopped_early"] = sum(r["epochs_run"] is not None and r["epochs_run"] < r["config"]["epochs"] for r in results)
         row["seeds"] = len(results)
         table[label] = row
     return table
 
 
-PLAIN_COLUMNS = ("epoch",)  # counts, not scores: no bold, no % change
+def result_row(results):
+    """A flat row of a results dict: ``<split>/<metric>`` for every split (best epoch), the best and final
+    epoch, ``final_valid_filtered/<metric>``, ``final_test_filtered/<metric>`` (when logged), Avg Reward
+    and the costs."""
+    row = {f"{split}/{metric}": value for split in EVAL_SPLITS for metric, value in results[split].items()}
+    log = results["epoch_log"]
+    row["best_epoch"] = results["best_epoch"]
+    row["final_epoch"] = log[-1]["epoch"] if log else None
+    for split in ("valid_filtered", "test_filtered"):
+        final = metrics_at(results, split, "final") or {}
+        row.update({f"final_{split}/{metric}": final.get(metric) for metric in results[split]})
+    row["avg_reward"] = results.get("avg_reward")
+    row.update({key: results[key] for key in COST_KEYS})
+    return row
 
 
-def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
-    """Markdown: one row per label with "mean ± std" per column (with more than one seed), the % change
-    of the mean from ``base``'s and, with ``bold_best``, the highest mean of each column in bold
-    (neither for PLAIN_COLUMNS, shown with one decimal).
-    ``rows``: {label: {key: (mean, std) or None, "seeds": n}}; ``columns``: [(header, key)]."""
-    best = {}
-    for _, key in columns:
-        means = [row[key][0] for row in rows.values() if row.get(key) is not None]
-        best[key] = max(means) if means else None
-    lines = []
-    for label, row in rows.items():
-        cells = []
-        for _, key in columns:
-            if row.get(key) is None:
-                cells.append("n/a")
-                continue
-            mean, std = row[key]
-            if key in PLAIN_COLUMNS:
-                cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if row.get("seeds", 1) > 1 else ""))
-                continue
-            text = f"{mean:.4f}" + (f" ± {std:.4f}" if row.get("seeds", 1) > 1 else "")
-            if bold_best and mean == best[key]:
-                text = f"**{text}**"
-            base_value = rows.get(base, {}).get(key)
-            if label != base and base_value is not None and base_value[0]:
-                text += f" ({(mean - base_value[0]) / base_value[0] * 100:+.1f}%)"
-            cells.append(text)
-        lines.append([label, *cells])
-    return markdown_table([first, *(header for header, _ in columns)], lines)
-
-
-def cost_table(rows, base="BC"):
-    """Seconds per epoch, epochs, training seconds and peak memory (means over seeds), each ÷ BC's, and
-    how many seeds stopped early (converged: ``stopping_step`` epochs without a better valid score)
-    rather than at the end of their budget."""
-    header = ["Method", "s/epoch", "epochs", "train s", "peak MB", "stopped early"]
-    lines = []
-    for label, row in rows.items():
-        cells = []
-        for key in COST_KEYS:
-            mean = row[key][0]
-            base_mean = rows.get(base, {}).get(key, (None,))[0]
-            ratio = f" ({mean / base_mean:.2f}x)" if label != base and base_mean else ""
-            cells.append(f"{mean:.1f}{ratio}")
-        lines.append([label, *cells, f"{row['stopped_early']}/{row['seeds']}"])
-    return markdown_table(header, lines)
-
-
-def csv_rows(rows, columns):
-    """Flat CSV rows: label, seeds, then <key>_mean and <key>_std of every column."""
-    out = []
-    for label, row in rows.items():
-        flat = [label, row["seeds"]]
-        for key in columns:
-            flat += list(row[key]) if row.get(key) is not None else ["", ""]
-        out.append(flat)
-    return ["method", "seeds", *(f"{key}_{s}" for key in columns for s in ("mean", "std"))], out
-
-
-def pyplot():
-    """matplotlib's pyplot, drawing to files only (Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_of_bc=False):
-    """NDCG@10 on the rating-filtered valid (left) and test (right) cases after every epoch of each of
-    ``labels`` (mean over seeds): the paper's Figure 2 for the post-training methods, with BC's best
-    epoch as a dashed line; with ``curve_of_bc``, BC's own training curve instead (beside the
-    baselines' training curves)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
-    for ax, split in zip(axes, ("valid_filtered", "test_filtered")):
-        curves = {}
-        for run in runs:
-            if run.label in labels and run.results is not None and run.results["epoch_log"]:
-                trace = [e[split]["ndcg@10"] for e in run.results["epoch_log"] if split in e]
-                if trace:
-                    curves.setdefault(run.label, []).append(trace)
-        for label, traces in curves.items():
-            length = min(len(t) for t in traces)
-            mean = np.mean([t[:length] for t in traces], axis=0)
-            if label != "BC" or curve_of_bc:
-                ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
-        bc = [r.results for r in runs if r.label == "BC" and r.results is not None]
-        if bc and not curve_of_bc:
-            ax.axhline(np.mean([r[split]["ndcg@10"] for r in bc]), color="grey", linestyle="--", label="BC (best epoch)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{split.split('_')[0]} NDCG@10 (rating >= threshold)")
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_lambda_sweep(rows, lambdas, path, title):
-    """Filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, BC as a dashed line."""
-    plt = pyplot()
-    points = [(lam, rows[f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas if f"ExpRSFT λ={lam:g}" in rows]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
-                capsize=3, label="Exp-RSFT")
-    if "BC" in rows:
-        ax.axhline(rows["BC"]["ndcg@10"][0], color="grey", linestyle="--", label="BC")
-    ax.set_xscale("log")
-    ax.set_xticks([p[0] for p in points], [f"{p[0]:g}" for p in points])
-    ax.minorticks_off()
-    ax.set_xlabel("λ")
-    ax.set_ylabel("test NDCG@10 (rating >= threshold)")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def run_record(run):
+    """One row of runs.csv: the run's label, model, seed, settings of the benchmark and result_row."""
+    settings = {key: value for key, value in run.settings.items() if key not in ("seed", "checkpoint_file", "pretrained_checkpoint")}
+    return {"run": run.label, "model": run.model, "seed": run.seed, **settings, **result_row(run.results),
+            "results_file": str(run.results_file), "checkpoint": run.results["checkpoint"]}
 
 
 def reward_model_table(runs, dataset, output_dir, overrides):
     """Table 2 (MSE, MAE of the reward head and the naive predictors; mean ± std over the seeds' BC
     checkpoints) as (markdown, csv header, csv rows), or None without a finished BC."""
-    checkpoints = [r.results["checkpoint"] for r in runs if r.label == "BC" and r.results is not None]
+    checkpoints = dict.fromkeys(bc_checkpoint_of(r.results) for r in runs if r.label == "BC" and r.results is not None)
     checkpoints = [c for c in checkpoints if Path(c).is_file()]  # a reused BC JSON may outlive its checkpoint
+    checkpoints = [c for c in checkpoints if read_pretrained(c)["config"]["reward_head"]]
     if not checkpoints:
         return None
     errors = []
@@ -461,7 +422,9 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     epoch_column = [("epoch", "epoch")]
     sample = next(r.results for r in runs if r.results is not None)
     seeds = sorted({r.seed for r in runs})
-    budget = f"{args.epochs} post-training epochs (no early stopping), BC {args.bc_epochs or 'its yaml'} epochs"
+    budget = f"{args.epochs} post-training epochs (no early stopping), " + (
+        f"BC the given checkpoint {args.pretrained_checkpoint}" if args.pretrained_checkpoint
+        else f"BC {args.bc_epochs or 'its yaml'} epochs")
     parts = [
         f"# Benchmark: {args.dataset}, backbone {args.backbone}, seeds {seeds}",
         f"Test cases rated >= {sample['eval_rating_threshold']}: {sample['n_test_filtered']} of {sample['n_test']}. "
@@ -490,7 +453,8 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", REWARD_MODEL_NOTE, table2[0]]
         write_table(output_dir / "reward_model.csv", table2[1], table2[2])
     else:
-        parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs is on disk any more.")
+        parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs with a reward head is on "
+                     "disk (any more).")
     costs = aggregate(runs, "test_filtered")
     write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
     parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
@@ -506,8 +470,10 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
                         **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k}}
                  for view in ("final", "best")}
-        plot_lambda_sweep(sweep["final"], lambdas, output_dir / "lambda_sweep.png",
-                          f"Exp-RSFT λ sweep on {args.dataset} (final epoch)")
+        points = [(lam, sweep["final"][f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas
+                  if f"ExpRSFT λ={lam:g}" in sweep["final"]]
+        plot_against_lambda({"Exp-RSFT": points}, output_dir / "lambda_sweep.png",
+                            f"Exp-RSFT λ sweep on {args.dataset} (final epoch)", sweep["final"].get("BC", {}).get("ndcg@10"))
         parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
                   format_table(sweep["best"], [*COLUMNS, *epoch_column])]
@@ -516,7 +482,7 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         trials, chosen = tuning
         markdown, header, rows = tuning_table(trials, chosen)
         write_table(output_dir / "tuning.csv", header, rows)
-        untuned = [label for label in dict.fromkeys(t.label for t in trials if t.model != "BC") if label not in chosen]
+        untuned = [label for label in dict.fromkeys(t.label for t in trials if t.label != "BC") if label not in chosen]
         parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(iter(METHOD_GRID))))} trials per method, the same grid "
                   f"shape for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
                   f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
@@ -526,7 +492,12 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
               for group, tag in ((trials, " (tuning trial)"), (runs, "")) for r in group if r.error]
     if failed:
         parts += ["## Failed runs (left out of the tables)", "\n".join(failed)]
-    trained = sum(r.results["train_seconds"] for r in runs if r.results is not None)
+    if args.trace:
+        parts += ["## Per-epoch traces (filtered valid NDCG@10 and what each trainer logs)",
+                  *(trace_table(r.label, r.seed, r.results) for r in runs
+                    if r.results is not None and r.label != "BC" and kind(r) == "post")]
+    write_records(output_dir / "runs.csv", [run_record(r) for r in runs if r.results is not None])
+    trained = sum(r.results["train_seconds"] or 0 for r in runs if r.results is not None)
     parts += [
         f"Hardware: {hardware()}. Training time of all runs: {trained:.0f} s; wall time of this invocation: "
         f"{wall_seconds:.0f} s (runs reused from an earlier invocation cost it nothing).",
@@ -540,14 +511,16 @@ def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, s
     """Run ``runs`` in order (each post-training run from its seed's BC), printing progress."""
     start, spent = time(), {}
     for index, run in enumerate(runs, 1):
-        if run.model not in ("BC", *baselines):
+        if run.label != "BC" and run.model not in baselines:
             bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
             if bc.results is None:
                 run.error = f"its BC run failed ({bc.error})"
                 print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
                 continue
-            run.settings["pretrained_checkpoint"] = bc.results["checkpoint"]
+            run.settings["pretrained_checkpoint"] = bc_checkpoint_of(bc.results)
         seconds = execute(run, dataset, output_dir, config_files, user_args)
+        if run.label == "BC" and run.model != "BC" and run.results is not None:
+            run.results.update(training_costs(run.results["pretrained_checkpoint"]))
         if seconds:
             for key in {run.label, kind(run)}:
                 spent.setdefault(key, []).append(seconds)
@@ -588,14 +561,20 @@ def run_benchmark(args, user_args):
         user_args = [*user_args, f"--data_path={Path(args.data_path).resolve()}"]
         overrides["data_path"] = str(Path(args.data_path).resolve())
     command = " ".join(["python -m recbole_align.benchmark", *args.command_line])
+    given = None
+    if args.pretrained_checkpoint:
+        if args.bc_epochs is not None:
+            raise AlignError("--bc_epochs sets the budget of BC's training; with --pretrained_checkpoint none is trained.")
+        given = given_bc(args.pretrained_checkpoint, [*methods, *(["ExpRSFT"] if lambdas else [])])
 
     start, tuning, chosen = time(), None, None
     if args.tune:
-        trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs)
+        trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs, given)
         execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, stage="tuning ")
         chosen = tuning_choice(trials)
         tuning = (trials, chosen)
-    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen)
+    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen,
+                given)
     execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args)  # the tuning seed's: reused
     labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
     return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning)
@@ -618,6 +597,10 @@ def main(argv=None):
     parser.add_argument("--tune", action="store_true",
                         help="first tune every method on the first seed (8 trials each), then run all seeds at the choice")
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
+    parser.add_argument("--pretrained_checkpoint", default=None,
+                        help="a BC checkpoint every method starts from, instead of training BC per seed")
+    parser.add_argument("--trace", action="store_true",
+                        help="add every post-training run's per-epoch table (valid metric and trainer statistics)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")
     parser.add_argument("--output_dir", default=None, help="default: benchmark/<dataset>-<backbone>")
     args, _ = parse_command_line(parser, argv)

@@ -13,7 +13,6 @@ Other ``--key=value`` arguments are config overrides, as for ``run_recbole_align
 """
 
 import argparse
-import csv
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from recbole_align.config import build_config
 from recbole_align.data import load_dataset
 from recbole_align.errors import AlignError
 from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
+from recbole_align.report import markdown_table, write_table
 from recbole_align.trainer.on_policy import history_mask, log_policy, sample_items
 
 PREDICTORS = ("User Mean", "Item Mean", "Global Mean", "Trained RM")
@@ -111,19 +111,6 @@ def reward_model_errors(judge, test_loader, valid_loader, config):
     predictions["Trained RM"] = torch.cat(predicted).double()
     errors = {name: predictions[name] - cases[config["RATING_FIELD"]].double() for name in PREDICTORS}
     return {name: {"MSE": (e**2).mean().item(), "MAE": e.abs().mean().item()} for name, e in errors.items()}
-
-
-def markdown_table(header, rows):
-    """A markdown table; floats with 4 decimals."""
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows])
-
-
-def write_table(path, header, rows):
-    """``rows`` as a CSV file with ``header``."""
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
 
 
 def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir=".", config_dict=None):

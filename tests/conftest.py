@@ -48,6 +48,30 @@ def ml100k_slice(tmp_path_factory):
     return write_atomic(tmp_path_factory.mktemp("data"), "ml-100k-slice", frame[frame["user_id:token"].isin(users)])
 
 
+def run_tool(cwd, module, *args):
+    """``python -m <module> args`` in ``cwd`` with this tree's package: the completed process."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=600, check=False)
+
+
+def markdown_lines(text):
+    """The lines of ``text`` with every markdown table row (pandas' to_markdown pads cells and marks
+    alignment) written with one space around each cell and the rule as |---|: what a reader sees,
+    independent of the padding."""
+    lines = []
+    for line in text.strip().splitlines():
+        if not line.startswith("|"):
+            lines.append(line)
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if all(set(cell) <= set(":-") and cell for cell in cells):
+            lines.append("|" + "---|" * len(cells))
+        else:
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def run_cli(cwd, *args, script="run_recbole_align.py"):
     """Run the CLI (or ``python -m <script>`` when it has no .py) in ``cwd``; returns the completed
     process and the results JSON (``--results_file`` is set to ``cwd/results.json``; None if absent)."""

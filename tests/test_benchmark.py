@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from conftest import REPO, TINY
-from recbole_align.benchmark import format_table, parse_budgets, parse_list
+from conftest import REPO, TINY, markdown_lines
+from recbole_align.benchmark import parse_budgets, parse_list
+from recbole_align.report import format_table
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 
@@ -23,15 +24,15 @@ def test_format_table_means_stds_changes_and_bold_best():
         "ExpRSFT": {"ndcg": (0.25, 0.02), "mrr": (0.09, 0.001), "seeds": 3},
         "SASRec": {"ndcg": (0.1, 0.0), "mrr": None, "seeds": 3},
     }
-    assert format_table(rows, [("NDCG@10", "ndcg"), ("MRR", "mrr")]) == "\n".join([
+    assert markdown_lines(format_table(rows, [("NDCG@10", "ndcg"), ("MRR", "mrr")])) == [
         "| Method | NDCG@10 | MRR |",
         "|---|---|---|",
         "| BC | 0.2000 ± 0.0100 | **0.1000 ± 0.0000** |",
         "| ExpRSFT | **0.2500 ± 0.0200** (+25.0%) | 0.0900 ± 0.0010 (-10.0%) |",
         "| SASRec | 0.1000 ± 0.0000 (-50.0%) | n/a |",
-    ])
+    ]
     one_seed = {"BC": {"ndcg": (0.2, 0.0), "seeds": 1}, "DPO": {"ndcg": (0.1, 0.0), "seeds": 1}}
-    assert format_table(one_seed, [("NDCG@10", "ndcg")], bold_best=False).splitlines()[2:] == [
+    assert markdown_lines(format_table(one_seed, [("NDCG@10", "ndcg")], bold_best=False))[2:] == [
         "| BC | 0.2000 |", "| DPO | 0.1000 (-50.0%) |",
     ]
 
@@ -68,7 +69,7 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
         assert (out / name).is_file(), name
     runs = sorted((out / "runs").glob("*.json"))
     assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1", "GRU4Rec"]
-    table = (out / "table.md").read_text()
+    table = "\n".join(markdown_lines((out / "table.md").read_text()))
     for heading in ("Table 3 at the final epoch", "Table 3 at the best validation epoch", "Unfiltered", "Table 2",
                     "Cost", "λ sweep", "held-out item's timestamp"):
         assert heading in table
@@ -200,7 +201,7 @@ def test_final_epoch_view_reads_the_last_logged_epoch():
 
 
 def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
-    from recbole_align.benchmark import Run, format_table, table3
+    from recbole_align.benchmark import Run, table3
 
     def results(best_ndcg, final_ndcg, epochs):
         log = [{"epoch": e, "test_filtered": {key: final_ndcg for key in METRICS}} for e in range(epochs)]
@@ -211,5 +212,5 @@ def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
     final = table3(runs, "test_filtered", "final", ["BC", "PPO"])
     assert final["BC"]["ndcg@10"] == (0.2, 0.0) and final["BC"]["epoch"] == (0.0, 0.0)  # the starting checkpoint
     assert final["PPO"]["ndcg@10"] == (0.05, 0.0) and final["PPO"]["epoch"] == (3.0, 0.0)
-    lines = format_table(final, [("NDCG@10", "ndcg@10"), ("epoch", "epoch")]).splitlines()
+    lines = markdown_lines(format_table(final, [("NDCG@10", "ndcg@10"), ("epoch", "epoch")]))
     assert lines[2:] == ["| BC | **0.2000** | 0.0 |", "| PPO | 0.0500 (-75.0%) | 3.0 |"]

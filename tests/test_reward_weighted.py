@@ -1,8 +1,6 @@
 """Reward-weighted post-training (Exp-RSFT, RSFT, DRPO): weight functions on hand-made tensors, the
 DRPO controller, gradients, config and data errors, end-to-end CLI runs and the λ sweep."""
 
-import csv
-import json
 import math
 import re
 from pathlib import Path
@@ -11,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, run_cli, tiny, write_atomic
+from conftest import TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
 from recbole_align.errors import AlignError
 from recbole_align.trainer.reward_weighted import (
     KeepFractionController,
@@ -267,20 +265,20 @@ def test_drpo_from_the_bc_checkpoint_adapts_the_kept_fraction(workdir, ml100k_sl
     assert first == pytest.approx(0.5, abs=0.01) and second != first and 0.05 <= second <= 1
 
 
-def test_sweep_writes_csv_and_png_from_the_reused_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
-    process, summary = run_cli(
-        workdir, "--model=ExpRSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        "--reward_lambda_values=[2,0.5]", "--output_dir=sweep", *TINY, script="recbole_align.sweep",
+def test_sweep_writes_its_rows_and_plot_from_a_given_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
+    process = run_tool(
+        workdir, "recbole_align.sweep", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--sweep_lambda=[2,0.5]", "--output_dir=sweep", f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}",
+        *TINY,
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    assert summary["bc_checkpoint"] == exp_rsft_run["pretrained_checkpoint"]  # the BC stage was reused
-    with open(summary["csv"] if Path(summary["csv"]).is_absolute() else workdir / summary["csv"]) as f:
-        rows = list(csv.DictReader(f))
-    assert [(row["run"], row["reward_lambda"]) for row in rows] == [("BC", ""), ("ExpRSFT", "0.5"), ("ExpRSFT", "2")]
-    assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "best_epoch", "final_epoch"} <= set(rows[0])
-    assert rows[1]["best_epoch"] == "0" and rows[1]["final_epoch"] == "0"
-    assert (workdir / "sweep" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "[2/2] λ=2" in process.stdout
+    rows = pd.read_csv(workdir / "sweep" / "runs.csv")
+    assert [(row.run, row.reward_lambda) for row in rows.itertuples()][1:] == [("ExpRSFT λ=0.5", 0.5), ("ExpRSFT λ=2", 2)]
+    assert rows.run[0] == "BC" and pd.isna(rows.reward_lambda[0])
+    assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "best_epoch", "final_epoch"} <= set(rows)
+    assert rows.best_epoch[1] == 0 and rows.final_epoch[1] == 0
+    assert (workdir / "sweep" / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[3/3] ExpRSFT λ=2 seed 2020" in process.stdout
 
 
 def rewritten_slice(ml100k_slice, tmp_path, change):
@@ -320,21 +318,22 @@ def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, messa
 
 def test_benchmark_table_from_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
     out = workdir / "benchmark"
-    process, _ = run_cli(
-        workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--output_dir={out}",
-        "--methods=ExpRSFT,DRPO", f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY,
-        script="benchmarks/post_training.py",
+    process = run_tool(
+        workdir, "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--output_dir={out}", "--methods=ExpRSFT,DRPO", "--baselines=[]", "--trace",
+        f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY,
     )
     assert process.returncode == 0, process.stderr[-2000:]
-    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert list(rows) == ["BC", "ExpRSFT", "DRPO"]
-    table = (out / "table.md").read_text()
-    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | s/epoch |" in table  # no reward head: no Avg Reward
-    bc_ndcg = rows["BC"]["test_filtered/ndcg@10"]
-    drpo_ndcg = rows["DRPO"]["test_filtered/ndcg@10"]
-    change = f"{(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%" if bc_ndcg else None
-    assert change is None or f"{drpo_ndcg:.4f} ({change})" in table
-    assert "DRPO per epoch" in table and "drpo_keep_fraction" in table
+    rows = pd.read_csv(out / "runs.csv").set_index("run")
+    assert list(rows.index) == ["BC", "ExpRSFT", "DRPO"]
+    table = markdown_lines((out / "table.md").read_text())
+    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | epoch |" in table  # no reward head: no Avg Reward
+    assert "Table 2 (reward model) not computed" in "\n".join(table)
+    bc_ndcg = rows.loc["BC", "test_filtered/ndcg@10"]
+    drpo_ndcg = rows.loc["DRPO", "test_filtered/ndcg@10"]
+    change = f" ({(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%)" if bc_ndcg else ""
+    assert any(line.replace("**", "").startswith(f"| DRPO | {drpo_ndcg:.4f}{change} |") for line in table)
+    assert "DRPO per epoch (seed 2020):" in table and any("drpo_keep_fraction" in line for line in table)
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,13 @@
 """Reward head, PPO, online DPO and the reward-model diagnostics: hand-computed losses, sampling,
 a planted rating rule, and end-to-end CLI runs on a slice of ml-100k."""
 
-import json
 import math
 import random
 
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, run_cli, tiny
+from conftest import TINY, markdown_lines, run_cli, run_tool, tiny
 from test_hstu import DAY, MAX_LEN, make_batch, make_model
 
 from recbole_align.compat import load_checkpoint
@@ -267,7 +266,7 @@ def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, 
         f"--checkpoints={ppo} {no_head}", f"--output_dir={out}", "--state=ERROR", script="recbole_align.diagnostics",
     )
     assert process.returncode == 0, process.stderr[-2000:]
-    assert "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in process.stdout
+    assert "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in markdown_lines(process.stdout)
     table = pd.read_csv(out / "reward_model.csv", index_col="metric")
     scores = pd.read_csv(out / "avg_reward.csv", index_col="policy")["avg_reward"]
     assert scores.iloc[1] == pytest.approx(ppo_run[1]["avg_reward"])  # the run's avg_reward, same draws
@@ -293,20 +292,23 @@ def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, 
     assert 0 < table.loc["MSE", "Trained RM"] < 5
 
 
-def test_benchmark_script_tables_from_a_given_bc_checkpoint(workdir, ml100k_slice, ppo_run):
+def test_benchmark_tables_from_a_given_bc_checkpoint(workdir, ml100k_slice, ppo_run):
     out = workdir / "benchmark"
-    process, _ = run_cli(
-        workdir, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", f"--output_dir={out}",
-        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", "--methods=PPO,DPO", *TINY, script="benchmarks/post_training.py",
+    process = run_tool(
+        workdir, "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--output_dir={out}", f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", "--methods=PPO,DPO",
+        "--baselines=[]", "--trace", *TINY,
     )
     assert process.returncode == 0, process.stderr[-2000:]
-    rows = {row["method"]: row for row in json.loads((out / "results.json").read_text())["rows"]}
-    assert list(rows) == ["BC", "PPO", "DPO"]
-    bc_score = pd.read_csv(out / "avg_reward.csv", index_col="policy")["avg_reward"]["BC"]
-    assert rows["BC"]["avg_reward"] == pytest.approx(bc_score)  # 0-epoch run and diagnostics agree
-    table = (out / "table.md").read_text()
-    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | Avg Reward |" in table
-    assert "PPO per epoch" in table and "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in table
+    rows = pd.read_csv(out / "runs.csv").set_index("run")
+    assert list(rows.index) == ["BC", "PPO", "DPO"]
+    assert rows.loc["BC", "model"] == "PPO" and rows.loc["BC", "epochs"] == 0  # the checkpoint, evaluated
+    (scores,) = (out / "diagnostics").glob("*/avg_reward.csv")
+    bc_score = pd.read_csv(scores, index_col="policy")["avg_reward"]["BC"]
+    assert rows.loc["BC", "avg_reward"] == pytest.approx(bc_score)  # 0-epoch run and diagnostics agree
+    table = markdown_lines((out / "table.md").read_text())
+    assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | Avg Reward | epoch |" in table
+    assert "PPO per epoch (seed 2020):" in table and "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in table
 
 
 def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch):

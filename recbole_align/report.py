@@ -1,0 +1,166 @@
+"""Tables, CSV files and plots of the experiment harness (:mod:`recbole_align.benchmark`) and the
+diagnostics: markdown through pandas' ``to_markdown``, CSV through ``to_csv``, plots through
+matplotlib (drawn to files only)."""
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
+COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
+PLAIN_COLUMNS = ("epoch",)  # counts, not scores: no bold, no % change
+# what the trainers log per epoch, shown in the per-epoch traces
+TRACED = ("mean_weight", "ess_share", "drpo_keep_fraction", "sample_reward", "kl_to_bc", "clip_fraction",
+          "decided_fraction")
+
+
+def markdown_table(header, rows):
+    """A markdown table of ``rows`` under ``header`` (pandas' ``to_markdown``); floats with 4 decimals,
+    every other cell as written."""
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    frame = pd.DataFrame([[cell(v) for v in row] for row in rows], columns=list(header))
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def write_table(path, header, rows):
+    """``rows`` as a CSV file with ``header``."""
+    pd.DataFrame(rows, columns=list(header)).to_csv(path, index=False)
+
+
+def write_records(path, records):
+    """Dicts as a CSV file; columns in first-seen order, blank where a record has no value."""
+    pd.DataFrame.from_records(records).to_csv(path, index=False)
+
+
+def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
+    """Markdown: one row per label with "mean ± std" per column (with more than one seed), the % change
+    of the mean from ``base``'s and, with ``bold_best``, the highest mean of each column in bold
+    (neither for PLAIN_COLUMNS, shown with one decimal).
+    ``rows``: {label: {key: (mean, std) or None, "seeds": n}}; ``columns``: [(header, key)]."""
+    best = {}
+    for _, key in columns:
+        means = [row[key][0] for row in rows.values() if row.get(key) is not None]
+        best[key] = max(means) if means else None
+    lines = []
+    for label, row in rows.items():
+        cells = []
+        for _, key in columns:
+            if row.get(key) is None:
+                cells.append("n/a")
+                continue
+            mean, std = row[key]
+            if key in PLAIN_COLUMNS:
+                cells.append(f"{mean:.1f}" + (f" ± {std:.1f}" if row.get("seeds", 1) > 1 else ""))
+                continue
+            text = f"{mean:.4f}" + (f" ± {std:.4f}" if row.get("seeds", 1) > 1 else "")
+            if bold_best and mean == best[key]:
+                text = f"**{text}**"
+            base_value = rows.get(base, {}).get(key)
+            if label != base and base_value is not None and base_value[0]:
+                text += f" ({(mean - base_value[0]) / base_value[0] * 100:+.1f}%)"
+            cells.append(text)
+        lines.append([label, *cells])
+    return markdown_table([first, *(header for header, _ in columns)], lines)
+
+
+def cost_table(rows, base="BC"):
+    """Seconds per epoch, epochs, training seconds and peak memory (means over seeds), each ÷ BC's, and
+    how many seeds stopped early (converged: ``stopping_step`` epochs without a better valid score)
+    rather than at the end of their budget; n/a where a row has no cost (BC given as a checkpoint)."""
+    header = ["Method", "s/epoch", "epochs", "train s", "peak MB", "stopped early"]
+    lines = []
+    for label, row in rows.items():
+        cells = []
+        for key in COST_KEYS:
+            if row.get(key) is None:
+                cells.append("n/a")
+                continue
+            mean = row[key][0]
+            base_mean = (rows.get(base, {}).get(key) or (None,))[0]
+            ratio = f" ({mean / base_mean:.2f}x)" if label != base and base_mean else ""
+            cells.append(f"{mean:.1f}{ratio}")
+        lines.append([label, *cells, f"{row['stopped_early']}/{row['seeds']}"])
+    return markdown_table(header, lines)
+
+
+def csv_rows(rows, columns):
+    """Flat CSV rows: label, seeds, then <key>_mean and <key>_std of every column."""
+    out = []
+    for label, row in rows.items():
+        flat = [label, row["seeds"]]
+        for key in columns:
+            flat += list(row[key]) if row.get(key) is not None else ["", ""]
+        out.append(flat)
+    return ["method", "seeds", *(f"{key}_{s}" for key in columns for s in ("mean", "std"))], out
+
+
+def trace_table(label, seed, results):
+    """One run's epochs: filtered valid NDCG@10 and the statistics its trainer logged (TRACED)."""
+    log = results["epoch_log"]
+    keys = [key for key in TRACED if log and key in log[0]]
+    rows = [[e["epoch"], e["valid_filtered"]["ndcg@10"], *(e[k] for k in keys)] for e in log]
+    return f"{label} per epoch (seed {seed}):\n\n" + markdown_table(["epoch", "valid NDCG@10 (filtered)", *keys], rows)
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_of_bc=False):
+    """NDCG@10 on the rating-filtered valid (left) and test (right) cases after every epoch of each of
+    ``labels`` (mean over seeds): the paper's Figure 2 for the post-training methods, with BC's best
+    epoch as a dashed line; with ``curve_of_bc``, BC's own training curve instead (beside the
+    baselines' training curves). ``runs``: objects with ``label`` and ``results`` (None if unfinished)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, split in zip(axes, ("valid_filtered", "test_filtered")):
+        curves = {}
+        for run in runs:
+            if run.label in labels and run.results is not None and run.results["epoch_log"]:
+                trace = [e[split]["ndcg@10"] for e in run.results["epoch_log"] if split in e]
+                if trace:
+                    curves.setdefault(run.label, []).append(trace)
+        for label, traces in curves.items():
+            length = min(len(t) for t in traces)
+            mean = np.mean([t[:length] for t in traces], axis=0)
+            if label != "BC" or curve_of_bc:
+                ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
+        bc = [r.results for r in runs if r.label == "BC" and r.results is not None]
+        if bc and not curve_of_bc:
+            ax.axhline(np.mean([r[split]["ndcg@10"] for r in bc]), color="grey", linestyle="--", label="BC (best epoch)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{split.split('_')[0]} NDCG@10 (rating >= threshold)")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_against_lambda(curves, path, title, baseline=None):
+    """Filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, one line per curve, with
+    ``baseline`` (BC's (mean, std)) as a dashed line. ``curves``: {name: [(λ, (mean, std))]}."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    lambdas = sorted({lam for points in curves.values() for lam, _ in points})
+    for name, points in curves.items():
+        ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
+                    capsize=3, label=name)
+    if baseline is not None:
+        ax.axhline(baseline[0], color="grey", linestyle="--", label="BC")
+    ax.set_xscale("log")
+    ax.set_xticks(lambdas, [f"{lam:g}" for lam in lambdas])
+    ax.minorticks_off()
+    ax.set_xlabel("λ")
+    ax.set_ylabel("test NDCG@10 (rating >= threshold)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
