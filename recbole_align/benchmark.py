@@ -56,7 +56,7 @@ from recbole_align.diagnostics import PREDICTORS, run_diagnostics
 from recbole_align.errors import AlignError
 from recbole_align.pretrained import read_pretrained
 from recbole_align.report import (
-    COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs,
+    COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
     trace_table, write_records, write_table,
 )
 from recbole_align.trainer.align_trainer import last_state_file
@@ -161,6 +161,25 @@ METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials 
 }
 
 
+NOISE_METHODS = ("RSFT", "DRPO")  # beside Exp-RSFT's λ rows at each level of the reward-noise sweep
+
+
+def noise_label(base, sigma):
+    """The row of ``base`` (a method or "ExpRSFT λ=...") at noise std ``sigma``: σ = 0 is the plain row."""
+    return f"{base} σ={sigma:g}" if sigma else base
+
+
+def noise_rows(lambdas, noise_levels):
+    """(label, model, settings) of the reward-noise sweep: at each σ, Exp-RSFT at every λ, RSFT and DRPO
+    trained on ratings with N(0, σ²) noise (``reward_noise_std``); the σ = 0 rows are the plain ones."""
+    rows = []
+    for sigma in noise_levels:
+        noise = {"reward_noise_std": sigma} if sigma else {}
+        rows += [(noise_label(f"ExpRSFT λ={lam:g}", sigma), "ExpRSFT", {"reward_lambda": lam, **noise}) for lam in lambdas]
+        rows += [(noise_label(m, sigma), m, noise) for m in NOISE_METHODS]
+    return rows
+
+
 def method_rows(methods):
     """(label, model, settings) of every post-training row: each method, and RSFT on raw and on
     [0, 1]-rescaled ratings."""
@@ -231,11 +250,12 @@ def parse_budgets(text, baselines):
     return {b: budgets.get(b, default) for b in baselines}
 
 
-def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None, given=None):
+def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseline_epochs, tuned=None, given=None,
+         noise_levels=()):
     """The runs of one benchmark, in order: per seed, BC, the methods (with ``tuned``: {label:
     settings} on top), the λ sweep, then the baselines (``baseline_epochs``: {baseline: budget}; RecBole's
-    early stopping; ``given``: see :func:`bc_run`). A post-training run's ``pretrained_checkpoint`` is filled
-    in once its seed's BC has run."""
+    early stopping; ``given``: see :func:`bc_run`), the reward-noise sweep's rows not planned already
+    (:func:`noise_rows`). A post-training run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
     runs = []
     for seed in seeds:
         runs.append(bc_run(seed, backbone, bc_epochs, given))
@@ -243,6 +263,9 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
         runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
                  for label, m, settings in method_rows(methods)]
         runs += [Run(f"ExpRSFT λ={lam:g}", "ExpRSFT", seed, {**post, "reward_lambda": lam}) for lam in lambdas]
+        planned = {run.label for run in runs if run.seed == seed}
+        runs += [Run(label, m, seed, {**post, **settings}) for label, m, settings in noise_rows(lambdas, noise_levels)
+                 if label not in planned]
         runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs[b]}) for b in baselines]
     return runs
 
@@ -386,6 +409,53 @@ def reward_model_table(runs, dataset, output_dir, overrides):
     return format_table(rows, columns, base=None, bold_best=False, first="Metric"), header, csv
 
 
+def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
+    """The reward-noise sweep (Theorem 4.4's robustness-improvement trade-off of λ): per view (final
+    epoch, best validation epoch) a table of filtered test NDCG@10 (mean ± std over seeds) per row
+    (Exp-RSFT at each λ, RSFT, DRPO) and noise std σ, with the λ that the filtered test and valid
+    NDCG@10 pick at each σ; writes noise_sweep.csv and noise_sweep.png (final epoch). Returns the
+    markdown parts."""
+    bases = [*(f"ExpRSFT λ={lam:g}" for lam in lambdas), *NOISE_METHODS]
+    scores = {(view, split): aggregate(runs, split, view) for view in ("final", "best")
+              for split in ("test_filtered", "valid_filtered")}
+
+    def ndcg(view, split, base, sigma):
+        row = scores[view, split].get(noise_label(base, sigma))
+        return row["ndcg@10"] if row else None
+
+    def picked_lambda(view, split, sigma):
+        scored = [(ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)[0], lam) for lam in lambdas
+                  if ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)]
+        return max(scored)[1] if scored else None
+
+    parts, records = [], []
+    for view, heading in (("final", "at the final epoch of the budget"), ("best", "at the best validation epoch")):
+        lines = [[base, *(f"{c[0]:.4f} ± {c[1]:.4f}" if c else "n/a"
+                          for c in (ndcg(view, "test_filtered", base, sigma) for sigma in noise_levels))] for base in bases]
+        for split in ("test_filtered", "valid_filtered"):
+            picks = (picked_lambda(view, split, sigma) for sigma in noise_levels)
+            lines.append([f"λ picked by {split.split('_')[0]} NDCG@10", *("n/a" if lam is None else f"{lam:g}" for lam in picks)])
+        parts += [f"## Reward noise: filtered test NDCG@10 {heading}",
+                  markdown_table(["Row", *(f"σ={sigma:g}" for sigma in noise_levels)], lines)]
+        records += [{"view": view, "sigma": sigma, "row": base, "seeds": scores[view, "test_filtered"][noise_label(base, sigma)]["seeds"],
+                     **{f"{split}/ndcg@10_{stat}": value for split in ("test_filtered", "valid_filtered")
+                        for stat, value in zip(("mean", "std"), ndcg(view, split, base, sigma))}}
+                    for base in bases for sigma in noise_levels if ndcg(view, "test_filtered", base, sigma)]
+    write_records(output_dir / "noise_sweep.csv", records)
+
+    curves = {f"σ={sigma:g}": [(lam, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for lam in lambdas
+                               if ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)] for sigma in noise_levels}
+    picked = {sigma: picked_lambda("final", "valid_filtered", sigma) for sigma in noise_levels}
+    against_noise = {"Exp-RSFT, λ picked on valid": [
+        (sigma, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for sigma, lam in picked.items() if lam is not None]}
+    against_noise.update({m: [(sigma, ndcg("final", "test_filtered", m, sigma)) for sigma in noise_levels
+                              if ndcg("final", "test_filtered", m, sigma)] for m in NOISE_METHODS})
+    bc = scores["best", "test_filtered"].get("BC", {}).get("ndcg@10")
+    plot_noise_sweep(curves, against_noise, output_dir / "noise_sweep.png",
+                     f"{dataset}: training ratings + N(0, σ²) noise (final epoch)", bc)
+    return [*parts, "![reward-noise sweep: NDCG@10 against λ per σ, and against σ](noise_sweep.png)"]
+
+
 def hardware():
     """One line: CPU model and cores, or the GPU; torch version."""
     if torch.cuda.is_available():
@@ -412,7 +482,8 @@ def table3(runs, split, view, labels):
     return {label: rows[label] for label in labels if label in rows}
 
 
-def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None):
+def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None,
+                  noise_levels=()):
     """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen)."""
     best = table3(runs, "test_filtered", "best", labels)
     if not best:
@@ -468,7 +539,7 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         parts.append("![per-epoch filtered valid and test NDCG@10 of BC and the baselines](baselines.png)")
     if lambdas:
         sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
-                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k}}
+                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k and "σ=" not in k}}
                  for view in ("final", "best")}
         points = [(lam, sweep["final"][f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas
                   if f"ExpRSFT λ={lam:g}" in sweep["final"]]
@@ -477,6 +548,8 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
                   format_table(sweep["best"], [*COLUMNS, *epoch_column])]
+    if noise_levels:
+        parts += noise_section(runs, lambdas, noise_levels, output_dir, args.dataset)
     trials = []
     if tuning is not None:
         trials, chosen = tuning
@@ -540,6 +613,11 @@ def run_benchmark(args, user_args):
     baselines = parse_list(args.baselines, "baselines") if args.baselines.strip("[] ") else []
     baseline_epochs = parse_budgets(args.baseline_epochs, baselines)
     lambdas = parse_lambdas(args.sweep_lambda, "--sweep_lambda") if args.sweep_lambda else []
+    noise_levels = sorted(parse_list(args.noise_sweep, "noise_sweep", float)) if args.noise_sweep else []
+    if any(not sigma >= 0 for sigma in noise_levels):
+        raise AlignError(f"--noise_sweep takes noise stds >= 0, e.g. \"[0,0.5,1]\"; got {args.noise_sweep!r}.")
+    if noise_levels and not lambdas:
+        raise AlignError("--noise_sweep runs Exp-RSFT at every λ of --sweep_lambda at each noise level: give --sweep_lambda.")
     if any(m not in METHODS for m in methods):
         raise AlignError(f"--methods must be among {list(METHODS)}; got {methods}.")
     if args.epochs < 1:
@@ -549,6 +627,8 @@ def run_benchmark(args, user_args):
              "stopping_step"}
     if lambdas:
         fixed.add("reward_lambda")
+    if noise_levels:
+        fixed.add("reward_noise_std")
     if args.tune:
         fixed |= {key for label, _, _ in method_rows(methods) for key in grid(label)[0]}
     if fixed & set(overrides):
@@ -574,10 +654,11 @@ def run_benchmark(args, user_args):
         chosen = tuning_choice(trials)
         tuning = (trials, chosen)
     runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen,
-                given)
+                given, noise_levels)
     execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args)  # the tuning seed's: reused
     labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
-    return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning)
+    return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning,
+                         noise_levels)
 
 
 @exit_on_error
@@ -597,6 +678,9 @@ def main(argv=None):
     parser.add_argument("--tune", action="store_true",
                         help="first tune every method on the first seed (8 trials each), then run all seeds at the choice")
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
+    parser.add_argument("--noise_sweep", default=None,
+                        help='noise stds σ, e.g. "[0,0.5,1,2]": Exp-RSFT at every --sweep_lambda λ, RSFT and DRPO at each σ, '
+                             "trained on ratings + N(0, σ²) (reward_noise_std)")
     parser.add_argument("--pretrained_checkpoint", default=None,
                         help="a BC checkpoint every method starts from, instead of training BC per seed")
     parser.add_argument("--trace", action="store_true",

@@ -143,11 +143,9 @@ def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_o
     plt.close(fig)
 
 
-def plot_against_lambda(curves, path, title, baseline=None):
-    """Filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, one line per curve, with
-    ``baseline`` (BC's (mean, std)) as a dashed line. ``curves``: {name: [(λ, (mean, std))]}."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+def draw_against_lambda(ax, curves, baseline=None):
+    """Onto ``ax``: filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, one line per
+    curve, with ``baseline`` (BC's (mean, std)) as a dashed line. ``curves``: {name: [(λ, (mean, std))]}."""
     lambdas = sorted({lam for points in curves.values() for lam, _ in points})
     for name, points in curves.items():
         ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
@@ -159,8 +157,38 @@ def plot_against_lambda(curves, path, title, baseline=None):
     ax.minorticks_off()
     ax.set_xlabel("λ")
     ax.set_ylabel("test NDCG@10 (rating >= threshold)")
-    ax.set_title(title)
     ax.legend(fontsize=8)
+
+
+def plot_against_lambda(curves, path, title, baseline=None):
+    """:func:`draw_against_lambda` as a figure of its own (the paper's Figure 3)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    draw_against_lambda(ax, curves, baseline)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_noise_sweep(curves, against_noise, path, title, baseline=None):
+    """The reward-noise sweep: Exp-RSFT's filtered test NDCG@10 against λ, one line per noise level
+    (left; ``curves`` as for :func:`draw_against_lambda`), and every method's against the noise std σ
+    (right; ``against_noise``: {name: [(σ, (mean, std))]}), BC dashed in both."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    draw_against_lambda(left, curves, baseline)
+    left.set_title("Exp-RSFT at each noise level")
+    for name, points in against_noise.items():
+        right.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
+                       capsize=3, label=name)
+    if baseline is not None:
+        right.axhline(baseline[0], color="grey", linestyle="--", label="BC")
+    right.set_xlabel("σ, std of the noise added to the training ratings")
+    right.set_ylabel("test NDCG@10 (rating >= threshold)")
+    right.set_title("every method against the noise")
+    right.legend(fontsize=8)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pandas as pd
 import pytest
 
 from conftest import REPO, TINY, markdown_lines
@@ -214,3 +215,36 @@ def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
     assert final["PPO"]["ndcg@10"] == (0.05, 0.0) and final["PPO"]["epoch"] == (3.0, 0.0)
     lines = markdown_lines(format_table(final, [("NDCG@10", "ndcg@10"), ("epoch", "epoch")]))
     assert lines[2:] == ["| BC | **0.2000** | 0.0 |", "| PPO | 0.0500 (-75.0%) | 3.0 |"]
+
+
+def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
+    from recbole_align.benchmark import Run, noise_rows, noise_section, plan
+
+    rows = noise_rows([0.5, 2], [0, 1])
+    assert [label for label, _, _ in rows] == [
+        "ExpRSFT λ=0.5", "ExpRSFT λ=2", "RSFT", "DRPO", "ExpRSFT λ=0.5 σ=1", "ExpRSFT λ=2 σ=1", "RSFT σ=1", "DRPO σ=1"]
+    assert rows[4][2] == {"reward_lambda": 0.5, "reward_noise_std": 1} and rows[2][2] == {}
+    planned = plan([1], ["BC", "RSFT"], [], [0.5, 2], "HSTU", None, 3, {}, noise_levels=[0, 1])
+    labels = [run.label for run in planned]
+    assert len(labels) == len(set(labels)) and {"RSFT", "RSFT rescaled", "DRPO", "DRPO σ=1"} <= set(labels)
+
+    def results(test, valid):  # a 1-epoch run: its final epoch is its best
+        test, valid = dict.fromkeys(METRICS, test), dict.fromkeys(METRICS, valid)
+        log = [{"epoch": 0, "test_filtered": test, "valid_filtered": valid}]
+        return {"test_filtered": test, "valid_filtered": valid, "epoch_log": log,
+                "best_epoch": 0, "config": {"epochs": 1}, **dict.fromkeys(("seconds_per_epoch", "epochs_run",
+                                                                          "train_seconds", "peak_memory_mb"), 1.0)}
+
+    scores = {  # σ = 0 favours λ = 0.5 on test and valid; σ = 1 favours λ = 2 on test, 0.5 on valid
+        "BC": (0.1, 0.1), "ExpRSFT λ=0.5": (0.3, 0.3), "ExpRSFT λ=2": (0.2, 0.2), "RSFT": (0.15, 0.1), "DRPO": (0.1, 0.1),
+        "ExpRSFT λ=0.5 σ=1": (0.1, 0.25), "ExpRSFT λ=2 σ=1": (0.2, 0.2), "RSFT σ=1": (0.05, 0.1),
+    }  # DRPO σ=1 did not finish
+    runs = [Run(label, label.split()[0], 1, {}, results(*score)) for label, score in scores.items()]
+    parts = noise_section(runs, [0.5, 2], [0, 1], tmp_path, "toy")
+    final = markdown_lines(parts[1])
+    assert final[0] == "| Row | σ=0 | σ=1 |"
+    assert "| ExpRSFT λ=2 | 0.2000 ± 0.0000 | 0.2000 ± 0.0000 |" in final and "| DRPO | 0.1000 ± 0.0000 | n/a |" in final
+    assert final[-2:] == ["| λ picked by test NDCG@10 | 0.5 | 2 |", "| λ picked by valid NDCG@10 | 0.5 | 0.5 |"]
+    csv = pd.read_csv(tmp_path / "noise_sweep.csv")
+    assert len(csv) == 2 * 7 and set(csv.view) == {"final", "best"}
+    assert (tmp_path / "noise_sweep.png").read_bytes()[:4] == b"\x89PNG"
