@@ -47,7 +47,7 @@ from recbole_align.config import command_line_overrides
 from recbole_align.sweep import parse_lambdas
 from recbole_align.trainer.align_trainer import last_state_file
 
-METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
+METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO", "GRPO")
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
 COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
 COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
@@ -129,6 +129,7 @@ METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials 
     "DRPO": {"drpo_keep_fraction": (0.25, 0.5)},
     "PPO": {"kl_coef": (0.01, 0.1)},
     "DPO": {"dpo_beta": (0.1, 0.5)},
+    "GRPO": {"kl_coef": (0.01, 0.1)},
 }
 
 
