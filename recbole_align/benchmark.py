@@ -63,7 +63,7 @@ from recbole_align.trainer.align_trainer import last_state_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the runs' processes import recbole_align from
 
-METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
+METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO", "GRPO")
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
 
 
@@ -158,6 +158,7 @@ METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials 
     "DRPO": {"drpo_keep_fraction": (0.25, 0.5)},
     "PPO": {"kl_coef": (0.01, 0.1)},
     "DPO": {"dpo_beta": (0.1, 0.5)},
+    "GRPO": {"kl_coef": (0.01, 0.1)},
 }
 
 

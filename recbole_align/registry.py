@@ -42,6 +42,7 @@ def _register_builtin_models():
     from recbole_align.model.hstu import HSTU
     from recbole_align.trainer import AlignTrainer
     from recbole_align.trainer.dpo import DPOTrainer
+    from recbole_align.trainer.grpo import GRPOTrainer
     from recbole_align.trainer.ppo import PPOTrainer
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer
 
@@ -51,6 +52,7 @@ def _register_builtin_models():
         register_model(name, HSTU, RewardWeightedTrainer, post_training=True)
     register_model("PPO", HSTU, PPOTrainer, post_training=True)
     register_model("DPO", HSTU, DPOTrainer, post_training=True)
+    register_model("GRPO", HSTU, GRPOTrainer, post_training=True)
 
 
 _register_builtin_models()

@@ -1,4 +1,4 @@
-"""Reward head, PPO, online DPO and the reward-model diagnostics: hand-computed losses, sampling,
+"""Reward head, PPO, GRPO, online DPO and the reward-model diagnostics: hand-computed losses, sampling,
 a planted rating rule, and end-to-end CLI runs on a slice of ml-100k."""
 
 import math
@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY, markdown_lines, run_cli, run_tool, tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_hstu import DAY, MAX_LEN, make_batch, make_model
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.trainer.dpo import dpo_loss, rank_pairs
+from recbole_align.trainer.grpo import group_advantages, grpo_loss
 from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_distinct_pairs, sample_items
 from recbole_align.trainer.on_policy import frozen_copy
 from recbole_align.trainer.ppo import PPOTrainer, RepeatedBatches, ppo_loss
@@ -39,6 +42,49 @@ def test_ppo_loss_against_hand_computed_values():
     no_kl = ppo_loss(log_pi.gather(1, actions), log_old, exact_kl(log_pi, log_ref), rewards, 0.2, 0.0)[0]
     (grad,) = torch.autograd.grad(no_kl, log_pi)
     assert grad[0].tolist() == pytest.approx([0.0, 0.0, 0.5, 0.0])
+
+
+def test_grpo_loss_against_hand_computed_values():
+    # one context over items 0..4 (0 = padding, excluded); a group of G = 3 sampled items 1, 2, 3
+    log_pi = LOG(torch.tensor([[0.0, 0.4, 0.3, 0.2, 0.1]])).requires_grad_()
+    log_ref = LOG(torch.tensor([[0.0, 0.25, 0.25, 0.25, 0.25]]))
+    actions, rewards = torch.tensor([[1, 2, 3]]), torch.tensor([[4.0, 2.0, 3.0]])
+    log_old = LOG(torch.tensor([[0.32, 0.3, 0.25]]))  # ratios 1.25 (clipped to 1.2), 1.0 and 0.8 (clipped)
+    eps = 1e-6
+    std = math.sqrt(((4 - 3) ** 2 + (2 - 3) ** 2 + 0) / 3)  # population std of the group
+    advantages = [(4 - 3) / (std + eps), (2 - 3) / (std + eps), 0.0]
+    exact = exact_kl(log_pi, log_ref)
+    k3 = [0.25 / p - math.log(0.25 / p) - 1 for p in (0.4, 0.3, 0.2)]  # pi_ref / pi_theta - log(...) - 1
+    args = (log_pi.gather(1, actions), log_old, exact, rewards)
+    loss, stats = grpo_loss(*args, clip_epsilon=0.2, kl_coef=0.1, advantage_eps=eps,
+                            log_reference=log_ref.gather(1, actions))
+    clip_objective = (1.2 * advantages[0] + 1.0 * advantages[1] + 0.8 * advantages[2]) / 3
+    assert stats["clip_objective"].item() == pytest.approx(clip_objective) and clip_objective == pytest.approx(0.08165, abs=1e-5)
+    assert stats["clip_fraction"].item() == pytest.approx(2 / 3)
+    assert stats["kl_k3"].item() == pytest.approx(sum(k3) / 3, abs=1e-6) and sum(k3) / 3 == pytest.approx(0.045838, abs=1e-6)
+    assert loss.item() == pytest.approx(-clip_objective + 0.1 * sum(k3) / 3)
+    # grpo_kl: exact penalises the exact catalogue KL, PPO's input; kl_to_bc is that KL either way
+    exact_loss, exact_stats = grpo_loss(*args, clip_epsilon=0.2, kl_coef=0.1, advantage_eps=eps)
+    ppo_stats = ppo_loss(*args, clip_epsilon=0.2, kl_coef=0.1)[1]
+    assert exact_stats["kl_to_bc"] == stats["kl_to_bc"] == ppo_stats["kl_to_bc"] and "kl_k3" not in exact_stats
+    assert exact_loss.item() == pytest.approx(-clip_objective + 0.1 * exact.item())
+    # equal rewards: advantages 0, so only the k3 penalty has a gradient, kl_coef/G (1 - pi_ref/pi_theta) per item
+    no_advantage = grpo_loss(log_pi.gather(1, actions), log_old, exact, torch.full((1, 3), 3.0), 0.2, 0.1, eps,
+                             log_ref.gather(1, actions))[0]
+    (grad,) = torch.autograd.grad(no_advantage, log_pi)
+    assert grad[0].tolist() == pytest.approx([0.0] + [0.1 / 3 * (1 - 0.25 / p) for p in (0.4, 0.3, 0.2)] + [0.0])
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rewards=st.lists(st.floats(1.0, 5.0), min_size=2, max_size=8).map(lambda group: torch.tensor([group], dtype=torch.float64)),
+    shift=st.floats(-10.0, 10.0), scale=st.floats(0.1, 10.0),
+)
+def test_grpo_advantages_are_invariant_to_shifting_and_scaling_rewards(rewards, shift, scale):
+    advantages = group_advantages(rewards, eps=1e-6)
+    assert torch.allclose(group_advantages(rewards + shift, eps=1e-6), advantages, atol=1e-6)
+    assert torch.allclose(group_advantages(scale * rewards, eps=scale * 1e-6), advantages, atol=1e-6)  # eps in reward units
+    assert abs(advantages.sum().item()) < 1e-6 and torch.isfinite(advantages).all()  # 0 for equal rewards
 
 
 def ppo_trainer_on(model, ppo_epochs):
@@ -255,6 +301,33 @@ def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_pa
     )
     assert process.returncode == 2 and results is None
     assert process.stderr.strip().splitlines()[-1] == "recbole-align: error: ppo_epochs must be a positive integer, got 0."
+
+
+def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, ml100k_slice, ppo_run):
+    process, results = run_cli(
+        workdir, "--model=GRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert results["pretrained_checkpoint"] == ppo_run[1]["pretrained_checkpoint"]  # BC + reward head, reused
+    assert results["model"] == "GRPO" and len(results["epoch_log"]) == 2 and 1.0 <= results["avg_reward"] <= 5.0
+    for entry in results["epoch_log"]:
+        assert {"sample_reward", "kl_to_bc", "clip_fraction", "clip_objective", "kl_k3"} <= set(entry)
+        assert 0 < entry["kl_to_bc"] < 0.1 and entry["kl_k3"] > 0 and 0 <= entry["clip_fraction"] <= 1
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("--grpo_kl=k2", "grpo_kl must be one of ['k3', 'exact'], got 'k2'."),
+    ("--num_samples=1", "num_samples must be an integer >= 2 (GRPO standardises the rewards within each group "
+                        "of num_samples items), got 1."),
+    ("--advantage_eps=0", "advantage_eps must be a number > 0 (it keeps the advantages finite), got 0."),
+], ids=["grpo_kl", "num_samples", "advantage_eps"])
+def test_grpo_refuses_settings_that_cannot_run(ml100k_slice, ppo_run, tmp_path, setting, message):
+    process, results = run_cli(
+        tmp_path, "--model=GRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", setting, *TINY,
+    )
+    assert process.returncode == 2 and results is None
+    assert process.stderr.strip().splitlines()[-1] == f"recbole-align: error: {message}"
 
 
 def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run, tmp_path):

@@ -1,4 +1,4 @@
-"""What PPO and online DPO share: the policy over the catalogue with the history left out, sampling
+"""What PPO, GRPO and online DPO share: the policy over the catalogue with the history left out, sampling
 from it, the exact KL between two such policies, and a trainer base that holds the frozen BC model
 (the KL anchor π_BC, whose reward head is the reward model r̂)."""
 
@@ -86,6 +86,15 @@ def sample_with_log_probs(model, states, excluded, num_samples, temperature=1.0)
     return torch.cat(actions), torch.cat(log_probs)
 
 
+@torch.no_grad()
+def log_probs_at(model, states, excluded, actions, temperature=1.0):
+    """log π(a_mk|s_m) of given items at ``temperature``: [M, K], in chunks of rows (no gradient)."""
+    return torch.cat([
+        log_policy(model, states[rows], excluded[rows], temperature).gather(1, actions[rows])
+        for rows in row_chunks(len(states))
+    ])
+
+
 def _masked_log_softmax(states, items, scale, excluded):
     """log softmax over the items not excluded of scale * states . items: [C, n_items]."""
     return torch.log_softmax((states @ items.T).mul_(scale).masked_fill_(excluded, float("-inf")), dim=-1)
@@ -148,7 +157,7 @@ def frozen_copy(model):
 
 
 class OnPolicyTrainer(AlignTrainer):
-    """Base of PPO and online DPO: a loss on items sampled from the policy itself, at every valid
+    """Base of PPO, GRPO and online DPO: a loss on items sampled from the policy itself, at every valid
     position of each training batch (the contexts BC trains on; ours).
 
     ``self.reference`` is the frozen BC model (a copy of the model as loaded from the BC checkpoint,

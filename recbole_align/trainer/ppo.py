@@ -15,15 +15,28 @@ import torch
 from recbole_align.errors import AlignError
 from recbole_align.trainer.on_policy import OnPolicyTrainer, log_probs_and_kl, sample_with_log_probs
 
-Rollout = namedtuple("Rollout", "reference_states excluded actions log_old rewards")
+# log_reference: log pi_BC at the sampled items, for a KL estimated on them (GRPO's k3); None for PPO
+Rollout = namedtuple("Rollout", "reference_states excluded actions log_old rewards log_reference", defaults=(None,))
+
+
+def clipped_surrogate(log_policy, log_old, advantages, clip_epsilon):
+    """(L_clip, clip fraction) of M contexts with K sampled items each, all [M, K]:
+
+    rho_mk = pi_theta(a_mk|s_m) / pi_old(a_mk|s_m)
+    L_clip = (1/MK) sum_mk min(rho_mk A_mk, clip(rho_mk, 1 - eps, 1 + eps) A_mk)
+    clip fraction = the share of the a_mk whose ratio is clipped (detached).
+    """
+    ratio = torch.exp(log_policy - log_old)
+    clipped_ratio = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)
+    clip_objective = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
+    return clip_objective, (ratio != clipped_ratio).float().mean()
 
 
 def ppo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef):
     """Clipped one-step PPO loss with an exact KL penalty, over M contexts with K sampled items each.
 
     A_mk = r_mk - (1/K) sum_k' r_mk'                                     (group-mean baseline)
-    rho_mk = pi_theta(a_mk|s_m) / pi_old(a_mk|s_m)
-    L_clip = (1/MK) sum_mk min(rho_mk A_mk, clip(rho_mk, 1 - eps, 1 + eps) A_mk)
+    L_clip = (1/MK) sum_mk min(rho_mk A_mk, clip(rho_mk, 1 - eps, 1 + eps) A_mk)   (:func:`clipped_surrogate`)
     KL = (1/M) sum_m sum_a pi_theta(a|s_m) (log pi_theta(a|s_m) - log pi_ref(a|s_m))
     loss = -L_clip + kl_coef * KL
 
@@ -32,15 +45,9 @@ def ppo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef):
     Returns (loss, {"clip_objective", "kl_to_bc", "clip_fraction"}), the statistics detached.
     """
     advantages = rewards - rewards.mean(dim=1, keepdim=True)
-    ratio = torch.exp(log_policy - log_old)
-    clipped_ratio = ratio.clamp(1 - clip_epsilon, 1 + clip_epsilon)
-    clip_objective = torch.min(ratio * advantages, clipped_ratio * advantages).mean()
+    clip_objective, clip_fraction = clipped_surrogate(log_policy, log_old, advantages, clip_epsilon)
     kl = kl.mean()
-    stats = {
-        "clip_objective": clip_objective.detach(),
-        "kl_to_bc": kl.detach(),
-        "clip_fraction": (ratio != clipped_ratio).float().mean(),
-    }
+    stats = {"clip_objective": clip_objective.detach(), "kl_to_bc": kl.detach(), "clip_fraction": clip_fraction}
     return -clip_objective + kl_coef * kl, stats
 
 
@@ -64,7 +71,11 @@ class RepeatedBatches:
 
 
 class PPOTrainer(OnPolicyTrainer):
-    """Standard one-step PPO against the reward head, anchored to the BC policy by an exact KL penalty."""
+    """Standard one-step PPO against the reward head, anchored to the BC policy by an exact KL penalty.
+
+    A pass samples its rollout with :meth:`sample_rollout` and scores it with :meth:`rollout_loss`,
+    the two steps that GRPO (:mod:`recbole_align.trainer.grpo`) changes.
+    """
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -81,21 +92,29 @@ class PPOTrainer(OnPolicyTrainer):
         return super()._train_epoch(RepeatedBatches(train_data, self.ppo_epochs), epoch_idx, loss_func, show_progress)
 
     def batch_loss(self, interaction):
-        """ppo_loss of one pass over the batch's rollout; the first pass samples it from the policy's
+        """The loss of one pass over the batch's rollout; the first pass samples it from the policy's
         own states (so its ratio is 1) at ``sampling_temperature`` (the ratio and the KL are taken on
         the same tempered policies)."""
-        temperature = self.sampling_temperature
         if self.passes_done % self.ppo_epochs == 0:
             states, reference_states, excluded = self.contexts(interaction)
-            actions, log_old = sample_with_log_probs(self.model, states.detach(), excluded, self.num_samples, temperature)
-            self.rollout = Rollout(reference_states, excluded, actions, log_old, self.reward(reference_states, actions))
+            self.rollout = self.sample_rollout(states.detach(), reference_states, excluded)
         else:
             states = self.model.position_states(interaction)[0]
         self.passes_done += 1
         rollout = self.rollout
         log_pi, kl = log_probs_and_kl(
-            self.model, states, self.reference, rollout.reference_states, rollout.excluded, rollout.actions, temperature
+            self.model, states, self.reference, rollout.reference_states, rollout.excluded, rollout.actions,
+            self.sampling_temperature,
         )
-        loss, stats = ppo_loss(log_pi, rollout.log_old, kl, rollout.rewards, self.clip_epsilon, self.kl_coef)
+        loss, stats = self.rollout_loss(log_pi, kl, rollout)
         self.batch_stats.append({"sample_reward": rollout.rewards.mean(), **stats})
         return loss
+
+    def sample_rollout(self, states, reference_states, excluded):
+        """num_samples items per context from pi_old (the policy now, no gradient), with their rewards."""
+        actions, log_old = sample_with_log_probs(self.model, states, excluded, self.num_samples, self.sampling_temperature)
+        return Rollout(reference_states, excluded, actions, log_old, self.reward(reference_states, actions))
+
+    def rollout_loss(self, log_pi, kl, rollout):
+        """(loss, stats) of one pass: :func:`ppo_loss` at log pi_theta of the rollout's items and the exact KL."""
+        return ppo_loss(log_pi, rollout.log_old, kl, rollout.rewards, self.clip_epsilon, self.kl_coef)
