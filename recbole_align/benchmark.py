@@ -162,7 +162,9 @@ METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials 
 }
 
 
-NOISE_METHODS = ("RSFT", "DRPO")  # beside Exp-RSFT's λ rows at each level of the reward-noise sweep
+# beside Exp-RSFT's λ rows at each level of the reward-noise sweep: (label, model, settings); RSFT on
+# rescaled ratings, as its raw weights w = r refuse the negative ratings that noise makes
+NOISE_METHODS = (("RSFT rescaled", "RSFT", {"rescale_rewards": True}), ("DRPO", "DRPO", {}))
 
 
 def noise_label(base, sigma):
@@ -177,7 +179,7 @@ def noise_rows(lambdas, noise_levels):
     for sigma in noise_levels:
         noise = {"reward_noise_std": sigma} if sigma else {}
         rows += [(noise_label(f"ExpRSFT λ={lam:g}", sigma), "ExpRSFT", {"reward_lambda": lam, **noise}) for lam in lambdas]
-        rows += [(noise_label(m, sigma), m, noise) for m in NOISE_METHODS]
+        rows += [(noise_label(label, sigma), m, {**settings, **noise}) for label, m, settings in NOISE_METHODS]
     return rows
 
 
@@ -416,7 +418,7 @@ def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
     (Exp-RSFT at each λ, RSFT, DRPO) and noise std σ, with the λ that the filtered test and valid
     NDCG@10 pick at each σ; writes noise_sweep.csv and noise_sweep.png (final epoch). Returns the
     markdown parts."""
-    bases = [*(f"ExpRSFT λ={lam:g}" for lam in lambdas), *NOISE_METHODS]
+    bases = [*(f"ExpRSFT λ={lam:g}" for lam in lambdas), *(label for label, _, _ in NOISE_METHODS)]
     scores = {(view, split): aggregate(runs, split, view) for view in ("final", "best")
               for split in ("test_filtered", "valid_filtered")}
 
@@ -450,7 +452,7 @@ def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
     against_noise = {"Exp-RSFT, λ picked on valid": [
         (sigma, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for sigma, lam in picked.items() if lam is not None]}
     against_noise.update({m: [(sigma, ndcg("final", "test_filtered", m, sigma)) for sigma in noise_levels
-                              if ndcg("final", "test_filtered", m, sigma)] for m in NOISE_METHODS})
+                              if ndcg("final", "test_filtered", m, sigma)] for m, _, _ in NOISE_METHODS})
     bc = scores["best", "test_filtered"].get("BC", {}).get("ndcg@10")
     plot_noise_sweep(curves, against_noise, output_dir / "noise_sweep.png",
                      f"{dataset}: training ratings + N(0, σ²) noise (final epoch)", bc)

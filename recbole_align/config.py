@@ -64,7 +64,7 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# The RecBole keys users set most, checked before any data is loaded: (key, test, what it must be).
+# The keys users set most (RecBole's and a few of ours), checked before any data is loaded: (key, test, what it must be).
 # (RecBole checks topk itself; a topk above the catalogue is refused once the data is loaded.)
 SETTING_CHECKS = (
     ("epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
@@ -74,6 +74,9 @@ SETTING_CHECKS = (
     ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
     ("eval_rating_threshold", lambda v: v is None or _number(v), "a number, or ~ for no rating filter"),
+    ("reward_noise_std", lambda v: _number(v) and v >= 0, "a number >= 0 (0: no noise on the training ratings)"),
+    ("reward_scope", lambda v: v in ("item", "trajectory"), "item or trajectory"),
+    ("trajectory_length", lambda v: _integer(v) and v > 0, "a positive integer"),
 )
 
 

@@ -37,19 +37,10 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     """The BC checkpoint a post-training run starts from: trained by a ``BC`` stage of the
     backbone (``backbone`` config key) on the same data and config, with a reward head if the method's
     trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
-    whose BC config is the same (the key hashes that config). An interrupted BC stage resumes from
+    whose BC config is the same (:func:`bc_stage_config`). An interrupted BC stage resumes from
     its last validated epoch when the run is started again."""
-    backbone, dataset = config["backbone"], config["dataset"]
-    bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
-    if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
-        bc_dict["reward_head"] = True
-    bc_config, bc_spec = build_config("BC", dataset, config_file_list, bc_dict)
-    known = {key for group in bc_config.parameters.values() for key in group}
-    known |= set(yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(yaml_keys(backbone_spec(backbone).config_file))
-    known |= set(bc_spec.model_class.architecture_keys) | {"dataset", "model", "backbone"}
-    reuse_config = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
-    key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
-    path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
+    bc_config, bc_spec, path = bc_stage_config(config, config_file_list, config_dict)
+    backbone = config["backbone"]
     logger = getLogger()
     if path.is_file():
         logger.info(set_color("BC stage", "green") + f": reusing {path}")
@@ -64,6 +55,26 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     last.unlink(missing_ok=True)
     logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
     return str(path)
+
+
+def bc_stage_config(config, config_file_list=None, config_dict=None):
+    """The BC stage of a post-training run: (config, spec, checkpoint path ``<backbone>-<dataset>-bc-<key>.pth``),
+    the key a hash of the BC config's keys that change what BC learns. ``reward_noise_std`` is one of
+    them only when the BC trains a reward head (the one part of BC that reads the noisy training
+    ratings) and is not 0 (so the keys of runs without noise are those of before the key existed)."""
+    backbone, dataset = config["backbone"], config["dataset"]
+    bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
+    if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
+        bc_dict["reward_head"] = True
+    bc_config, bc_spec = build_config("BC", dataset, config_file_list, bc_dict)
+    known = {key for group in bc_config.parameters.values() for key in group}
+    known |= set(yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(yaml_keys(backbone_spec(backbone).config_file))
+    known |= set(bc_spec.model_class.architecture_keys) | {"dataset", "model", "backbone"}
+    if not (bc_config["reward_head"] and bc_config["reward_noise_std"]):
+        known.discard("reward_noise_std")
+    reuse_config = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
+    key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
+    return bc_config, bc_spec, Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
 
 
 def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):

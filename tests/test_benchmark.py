@@ -222,11 +222,14 @@ def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
 
     rows = noise_rows([0.5, 2], [0, 1])
     assert [label for label, _, _ in rows] == [
-        "ExpRSFT λ=0.5", "ExpRSFT λ=2", "RSFT", "DRPO", "ExpRSFT λ=0.5 σ=1", "ExpRSFT λ=2 σ=1", "RSFT σ=1", "DRPO σ=1"]
-    assert rows[4][2] == {"reward_lambda": 0.5, "reward_noise_std": 1} and rows[2][2] == {}
+        "ExpRSFT λ=0.5", "ExpRSFT λ=2", "RSFT rescaled", "DRPO", "ExpRSFT λ=0.5 σ=1", "ExpRSFT λ=2 σ=1",
+        "RSFT rescaled σ=1", "DRPO σ=1"]
+    assert rows[4][2] == {"reward_lambda": 0.5, "reward_noise_std": 1} and rows[3][2] == {}
+    assert rows[6][1:] == ("RSFT", {"rescale_rewards": True, "reward_noise_std": 1})
     planned = plan([1], ["BC", "RSFT"], [], [0.5, 2], "HSTU", None, 3, {}, noise_levels=[0, 1])
     labels = [run.label for run in planned]
     assert len(labels) == len(set(labels)) and {"RSFT", "RSFT rescaled", "DRPO", "DRPO σ=1"} <= set(labels)
+    assert next(run for run in planned if run.label == "RSFT rescaled").settings["rescale_rewards"] is True
 
     def results(test, valid):  # a 1-epoch run: its final epoch is its best
         test, valid = dict.fromkeys(METRICS, test), dict.fromkeys(METRICS, valid)
@@ -236,8 +239,8 @@ def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
                                                                           "train_seconds", "peak_memory_mb"), 1.0)}
 
     scores = {  # σ = 0 favours λ = 0.5 on test and valid; σ = 1 favours λ = 2 on test, 0.5 on valid
-        "BC": (0.1, 0.1), "ExpRSFT λ=0.5": (0.3, 0.3), "ExpRSFT λ=2": (0.2, 0.2), "RSFT": (0.15, 0.1), "DRPO": (0.1, 0.1),
-        "ExpRSFT λ=0.5 σ=1": (0.1, 0.25), "ExpRSFT λ=2 σ=1": (0.2, 0.2), "RSFT σ=1": (0.05, 0.1),
+        "BC": (0.1, 0.1), "ExpRSFT λ=0.5": (0.3, 0.3), "ExpRSFT λ=2": (0.2, 0.2), "RSFT rescaled": (0.15, 0.1),
+        "DRPO": (0.1, 0.1), "ExpRSFT λ=0.5 σ=1": (0.1, 0.25), "ExpRSFT λ=2 σ=1": (0.2, 0.2), "RSFT rescaled σ=1": (0.05, 0.1),
     }  # DRPO σ=1 did not finish
     runs = [Run(label, label.split()[0], 1, {}, results(*score)) for label, score in scores.items()]
     parts = noise_section(runs, [0.5, 2], [0, 1], tmp_path, "toy")

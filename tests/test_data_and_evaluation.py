@@ -1,4 +1,5 @@
-"""The dataset (exact time order, one training sequence per user) and the rating-filtered evaluator."""
+"""The dataset (exact time order, one training sequence per user, noisy training ratings) and the
+rating-filtered evaluator."""
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ from recbole.evaluator.collector import DataStruct
 
 from conftest import write_atomic
 from recbole_align.data import AlignSequentialDataset
+from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import FullMRR, rating_filtered_loader
 from recbole_align.config import build_config
@@ -75,6 +77,49 @@ def test_all_position_mode_keeps_valid_and_test_and_the_longest_train_prefix(tmp
     assert all(torch.equal(train_prefixes[k][is_longest], train_users[k]) for k in train_users)
 
 
+def test_rating_noise_is_seeded_gaussian():
+    noise = rating_noise(200_000, 0.5, 2020)
+    assert torch.equal(noise, rating_noise(200_000, 0.5, 2020))  # a function of (seed, interaction)
+    assert not torch.equal(noise, rating_noise(200_000, 0.5, 2021))
+    assert noise.std().item() == pytest.approx(0.5, rel=0.01) and abs(noise.mean().item()) < 0.005
+    assert rating_noise(10, 0.0, 2020).eq(0).all()
+
+
+def splits(tmp_path, all_position_training=True, **overrides):
+    """The train, valid and test parts of the generated data, by user (see :func:`by_user`)."""
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, _ = config_for("HSTU", "gen", data_path, **overrides)
+    return [by_user(part) for part in AlignSequentialDataset(config, all_position_training).build()]
+
+
+def test_reward_noise_changes_the_training_ratings_only(tmp_path):
+    clean, noisy = splits(tmp_path), splits(tmp_path, reward_noise_std=0.5)
+    assert clean[0].keys() == noisy[0].keys() and INTERACTION_INDEX not in clean[0]  # no column left behind
+    for clean_part, noisy_part in zip(clean[1:], noisy[1:]):  # valid and test: the evaluator's ratings, clean
+        assert all(torch.equal(clean_part[k], noisy_part[k]) for k in clean_part)
+    train, noisy_train = clean[0], noisy[0]
+    assert all(torch.equal(train[k], noisy_train[k]) for k in train if not k.startswith("rating"))
+    padding = torch.arange(5) >= train["item_length"].unsqueeze(1)
+    history_noise = (noisy_train["rating_list"] - train["rating_list"])[~padding]
+    assert (noisy_train["rating_list"][padding] == 0).all() and (history_noise != 0).all()
+    assert (noisy_train["rating"] != train["rating"]).all() and 0.2 < history_noise.std() < 0.8
+    assert all(torch.equal(noisy[0][k], splits(tmp_path, reward_noise_std=0.5)[0][k]) for k in train)  # same seed
+    assert not torch.equal(noisy_train["rating"], splits(tmp_path, reward_noise_std=0.5, seed=1)[0]["rating"])
+    assert all(torch.equal(train[k], splits(tmp_path, reward_noise_std=0)[0][k]) for k in train)  # σ = 0: clean
+
+
+def test_an_interaction_has_one_noisy_rating_wherever_it_appears(tmp_path):
+    per_user = splits(tmp_path, reward_noise_std=0.5)[0]
+    prefixes = splits(tmp_path, all_position_training=False, reward_noise_std=0.5)[0]
+    users = prefixes["user_id"]
+    same_user = users[1:] == users[:-1]
+    # sample k's target is the last history item of the user's sample k + 1 (histories of 5 at most)
+    last_history = prefixes["rating_list"][1:].gather(1, prefixes["item_length"][1:, None] - 1).squeeze(1)
+    assert torch.equal(last_history[same_user], prefixes["rating"][:-1][same_user])
+    longest = torch.cat([~same_user, torch.tensor([True])])  # one training sequence per user: the longest prefix
+    assert all(torch.equal(prefixes[k][longest], per_user[k]) for k in per_user)
+
+
 def test_time_order_is_exact_within_float32_resolution(tmp_path):
     # Two ratings 10 s apart round to the same float32 timestamp; the file lists the later one first.
     rows = [(1, item, 4.0, 1_300_000_000 + t) for item, t in [(1, 0), (2, 100), (4, 310), (3, 300), (5, 400)]]
@@ -115,6 +160,9 @@ def test_rating_filter_errors(tmp_path):
     _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
     with pytest.raises(AlignError, match="needs a rating field"):
         rating_filtered_loader(config, test, "test")
+    config, spec = config_for("HSTU", "norating", data_path, reward_noise_std=0.5, eval_rating_threshold=None)
+    with pytest.raises(AlignError, match=r"reward_noise_std=0.5 noises the training ratings: it needs the rating field \[rating\]"):
+        load_dataset(config, spec.model_class)
 
 
 def test_full_mrr_is_the_mean_reciprocal_full_rank():

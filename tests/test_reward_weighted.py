@@ -1,16 +1,20 @@
 """Reward-weighted post-training (Exp-RSFT, RSFT, DRPO): weight functions on hand-made tensors, the
-DRPO controller, gradients, config and data errors, end-to-end CLI runs and the λ sweep."""
+DRPO controller, trajectory-level Exp-RSFT, gradients, config and data errors, end-to-end CLI runs
+(with trajectory weights and reward noise), the BC stage's reuse key and the λ sweep."""
 
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 
 from conftest import TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
+from recbole_align.config import build_config
 from recbole_align.errors import AlignError
+from recbole_align.quick_start import bc_stage_config
 from recbole_align.trainer.reward_weighted import (
     KeepFractionController,
     check_config,
@@ -19,9 +23,14 @@ from recbole_align.trainer.reward_weighted import (
     linear_weights,
     mean_normalized,
     resolve_settings,
+    return_statistics,
     reward_weighted_loss,
     sum_normalized,
     top_fraction,
+    training_returns,
+    trajectory_weights,
+    window_returns,
+    window_sums,
 )
 from test_hstu import make_batch, make_model
 
@@ -126,6 +135,71 @@ def test_drpo_controller_on_a_scripted_batch_stream():
     assert [bottom.update(*wide), bottom.update(*wide)] == [0.05, 0.05]
 
 
+# ---- trajectory-level Exp-RSFT (paper sec. 5) ----------------------------------------------------
+
+
+def test_window_returns_with_a_partial_last_window_and_padding():
+    ratings = R([[5.0, 4.0, 3.0, 2.0, 1.0, 5.0, 4.0], [1.0, 2.0, 3.0, 4.0, 9.0, 9.0, 9.0]])  # row 1: 4 valid, 9s are padding
+    mask = torch.arange(7) < R([[7], [4]])
+    returns, windows = window_sums(ratings, mask, 3)
+    assert returns.tolist() == [[12.0, 8.0, 4.0], [6.0, 4.0, 0.0]]  # [5,4,3] [2,1,5] [4] | [1,2,3] [4]
+    assert windows.tolist() == [[True, True, True], [True, True, False]]
+    assert window_returns(ratings, mask, 3).tolist() == [[12, 12, 12, 8, 8, 8, 4], [6, 6, 6, 4, 0, 0, 0]]
+    assert torch.equal(window_returns(ratings, mask, 1), ratings * mask)  # T = 1: each position's rating
+    assert window_returns(ratings, mask, 50).tolist() == [[24] * 7, [10] * 4 + [0] * 3]  # one window a sequence
+
+
+def test_trajectory_weights_by_hand():
+    settings = {"return_mean": 6.0, "return_std": 2.0, "return_max": 3.0, "reward_lambda": 1.0}
+    w = trajectory_weights(R([12.0, 8.0, 4.0, 6.0]), settings)  # R~ = 3, 1, -1, 0; w = exp(R~ - 3)
+    assert torch.allclose(w, R([1.0, math.exp(-2), math.exp(-4), math.exp(-3)]))
+    tiny_lambda = trajectory_weights(R([12.0, 8.0]), {**settings, "reward_lambda": 0.01})
+    assert torch.isfinite(tiny_lambda).all() and tiny_lambda.tolist() == [1.0, 0.0]  # exp(-200) underflows, no overflow
+
+
+def test_return_statistics_and_t1_is_item_scope_at_lambda_sigma():
+    returns = torch.tensor([12.0, 8.0, 4.0, 6.0, 4.0], dtype=torch.float64)
+    stats = return_statistics(returns)
+    assert stats["return_mean"] == pytest.approx(6.8) and stats["return_std"] == pytest.approx(math.sqrt(8.96))
+    assert stats["return_max"] == pytest.approx(5.2 / math.sqrt(8.96))
+    # T = 1 standardises single ratings: exp(((r - μ)/σ - (r_max - μ)/σ)/λ) = exp((r - r_max)/(λσ)) (sec. 5, Obs. 3.1)
+    w = trajectory_weights(returns, {**stats, "reward_lambda": 0.5})
+    assert torch.allclose(w, exp_weights(returns, {"reward_lambda": 0.5 * stats["return_std"], "reward_max": 12.0}))
+    with pytest.raises(AlignError, match="all 3 training windows have the same return 4"):
+        return_statistics(torch.full((3,), 4.0, dtype=torch.float64))
+
+
+def rated_batch():
+    """Two histories of 4 and 2 items; the positions' next ratings are [1, 2, 4, 3] and [5, 1]."""
+    return make_batch(
+        [[1, 2, 3, 4], [5, 6]], [[0.0, 1.0, 2.0, 3.0], [0.0, 9.0]], [7, 8], [4.0, 10.0],
+        ratings=([[5.0, 1.0, 2.0, 4.0, 0, 0, 0, 0], [1.0, 5.0, 0, 0, 0, 0, 0, 0]], [3.0, 1.0]),
+    )
+
+
+def test_training_returns_one_per_window_of_the_training_sequences():
+    config = {"RATING_FIELD": "rating", "LIST_SUFFIX": "_list", "ITEM_LIST_LENGTH_FIELD": "item_length"}
+    dataset = SimpleNamespace(inter_feat=rated_batch())
+    assert training_returns(dataset, {**config, "trajectory_length": 3}).tolist() == [7.0, 3.0, 6.0]  # [1,2,4] [3] | [5,1]
+    assert training_returns(dataset, {**config, "trajectory_length": 2}).tolist() == [3.0, 7.0, 6.0]
+
+
+def test_trajectory_loss_weights_every_position_by_its_window():
+    model = make_model("CE").eval()
+    stats = {"return_mean": 5.0, "return_std": 2.0, "return_max": 1.0}
+    settings = {"reward_lambda": 0.5, "reward_scope": "trajectory", "trajectory_length": 3, **stats}
+    loss, rewards, weights = reward_weighted_loss(model, rated_batch(), "exp", settings, "mean")
+    assert rewards.tolist() == [7.0, 7.0, 7.0, 3.0, 6.0, 6.0]
+    expected = torch.exp(((rewards - 5.0) / 2.0 - 1.0) / 0.5)  # 1 at R = 7, the largest return
+    assert torch.allclose(weights, expected) and weights.max() == 1.0
+    losses, mask, _ = model.position_losses(rated_batch())
+    assert loss.item() == pytest.approx((expected * losses[mask]).mean().item(), rel=1e-6)  # eq. 20, mean over positions
+    item_settings = {"reward_lambda": 0.5, "reward_max": 5.0}
+    item = reward_weighted_loss(model, rated_batch(), "exp", item_settings, "mean")
+    scoped = reward_weighted_loss(model, rated_batch(), "exp", {**item_settings, "reward_scope": "item"}, "mean")
+    assert all(torch.equal(a, b) for a, b in zip(item, scoped))  # item scope: the item weights, unchanged
+
+
 # ---- gradients through the trainer's loss ------------------------------------------------------
 
 
@@ -137,10 +211,7 @@ def _gradient(loss, model):
 
 def test_exp_rsft_with_huge_lambda_has_the_bc_gradient_direction():
     model = make_model("CE").eval()  # exact softmax, no dropout: deterministic losses
-    batch = make_batch(
-        [[1, 2, 3, 4], [5, 6]], [[0.0, 1.0, 2.0, 3.0], [0.0, 9.0]], [7, 8], [4.0, 10.0],
-        ratings=([[5.0, 1.0, 2.0, 4.0, 0, 0, 0, 0], [1.0, 5.0, 0, 0, 0, 0, 0, 0]], [3.0, 1.0]),
-    )
+    batch = rated_batch()
     bc = _gradient(model.calculate_loss(batch), model)
     cosines = {}
     for lam in (1e6, 0.5):
@@ -155,7 +226,8 @@ def test_exp_rsft_with_huge_lambda_has_the_bc_gradient_direction():
 # ---- config and data errors --------------------------------------------------------------------
 
 
-BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambda": 0.5}
+BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambda": 0.5, "reward_scope": "item",
+        "reward_max": None}
 
 
 @pytest.mark.parametrize(
@@ -172,6 +244,8 @@ BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambd
         ({"reward_weighting": "drpo", **drpo(margin=0)}, "drpo_tie_margin must be a number > 0"),
         ({"reward_weighting": "drpo", **drpo("fixed", drpo_threshold=None)}, "needs a numeric drpo_threshold"),
         ({"reward_weighting": "drpo", **drpo("exp", drpo_beta=0)}, "drpo_beta must be a number > 0"),
+        ({"reward_weighting": "linear", "reward_scope": "trajectory"}, "reward_scope=trajectory is Exp-RSFT's"),
+        ({"reward_scope": "trajectory", "reward_max": 5}, "leave reward_max: ~"),
     ],
 )
 def test_config_errors(changes, message):
@@ -181,7 +255,7 @@ def test_config_errors(changes, message):
 
 def settings_config(**changes):
     keys = ("reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
-            "drpo_threshold", "drpo_tie_margin", "drpo_beta")
+            "drpo_threshold", "drpo_tie_margin", "drpo_beta", "trajectory_length")
     return {**dict.fromkeys(keys), **BASE, **changes}
 
 
@@ -234,6 +308,31 @@ def test_exp_rsft_trains_the_bc_stage_then_post_trains(exp_rsft_run):
     assert bc.is_file() and bc.name.startswith("HSTU-ml-100k-slice-bc-")
     assert exp_rsft_run["config"]["reward_lambda"] == 0.5 and exp_rsft_run["config"]["reward_weighting"] == "exp"
     assert exp_rsft_run["epoch_log"][0]["mean_weight"] <= 1  # exp((r - r_max)/λ) <= 1
+
+
+@pytest.mark.parametrize("args", [["--reward_scope=trajectory", "--trajectory_length=5"], ["--reward_noise_std=0.5"]])
+def test_exp_rsft_with_trajectory_weights_or_noisy_ratings(workdir, ml100k_slice, exp_rsft_run, args):
+    process, results = run_cli(
+        workdir, "--model=ExpRSFT", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY, *args,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    check_post_training(results, "ExpRSFT")
+    assert 0 < results["epoch_log"][0]["mean_weight"] <= 1  # shifted by the largest training return or rating
+    assert results["epoch_log"][0]["mean_weight"] != exp_rsft_run["epoch_log"][0]["mean_weight"]
+    for split in ("valid_filtered", "test_filtered"):  # the evaluator filters on the clean ratings
+        assert results[f"n_{split}"] == exp_rsft_run[f"n_{split}"]
+
+
+def test_bc_stage_key_holds_the_noise_only_with_a_reward_head():
+    def bc_path(model, **overrides):
+        config, _ = build_config(model, "ml-100k", config_dict={"state": "ERROR", **overrides})
+        return bc_stage_config(config, config_dict=overrides)[2]
+
+    ppo = bc_path("PPO")  # PPO's BC trains a reward head on the (noisy) training ratings
+    assert ppo == bc_path("PPO", reward_noise_std=0) != bc_path("PPO", reward_noise_std=0.5) != bc_path("PPO", reward_noise_std=1)
+    assert bc_path("ExpRSFT") == bc_path("ExpRSFT", reward_noise_std=0.5) != ppo  # no reward head: BC reads no rating
+    assert bc_path("ExpRSFT") == bc_path("ExpRSFT", reward_scope="trajectory")  # a post-training key
 
 
 def test_rsft_from_the_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):

@@ -12,12 +12,42 @@ Two changes to RecBole's :class:`~recbole.data.dataset.SequentialDataset`, both 
   the longest one the user's single training sample (the loss is taken at every position of it)
   and the other two the valid and test cases, which are exactly the cases RecBole's own
   per-prefix augmentation produces. Other models get RecBole's per-prefix samples.
+
+With ``reward_noise_std`` σ > 0, the ratings of the **training split** (its targets and histories)
+become r + σ ξ_i, ξ_i ~ N(0, 1), one draw per interaction i of the (user, time)-sorted table from a
+generator seeded with ``seed`` (:func:`rating_noise`): every run with the same seed and data (the BC
+stage, its reward head, any post-training) sees the same noisy ratings. The valid and test splits
+keep the clean ratings: their targets' ratings are what the evaluator filters on, and their
+histories' ratings are no model's input (the backbones read item ids and timestamps only).
 """
 
 import numpy as np
 import torch
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
+
+NOISE_SEED_OFFSET = 7919  # the noise generator's seed is config["seed"] + this, apart from the run's other draws (ours)
+INTERACTION_INDEX = "_interaction_index"  # build()-time column: a sample's target in the sorted table
+
+
+def rating_noise(n, std, seed):
+    """σ ξ_i for interactions i = 0..n-1, ξ_i ~ N(0, 1) i.i.d. (float64), drawn at once from a generator
+    seeded with seed + NOISE_SEED_OFFSET: the same seed and table give every interaction the same draw."""
+    generator = torch.Generator().manual_seed(seed + NOISE_SEED_OFFSET)
+    return std * torch.randn(n, generator=generator, dtype=torch.float64)
+
+
+def add_noise(inter, noise, rating, rating_list, length_field):
+    """``inter``'s target ratings and history ratings plus the noise of their interactions: the target
+    is interaction INTERACTION_INDEX, its history the item_length interactions before it (padding stays 0)."""
+    target, lengths = inter[INTERACTION_INDEX], inter[length_field]
+    inter[rating] = (inter[rating].double() + noise[target]).to(inter[rating].dtype)
+    history = inter[rating_list]
+    offsets = torch.arange(history.size(1))
+    valid = offsets < lengths.unsqueeze(1)
+    index = (target - lengths).unsqueeze(1) + offsets
+    noisy = history.double() + noise[torch.where(valid, index, 0)]
+    inter[rating_list] = torch.where(valid, noisy, 0).to(history.dtype)
 
 
 class AlignSequentialDataset(SequentialDataset):
@@ -48,6 +78,17 @@ class AlignSequentialDataset(SequentialDataset):
         if exact_time is not None:
             self.inter_feat[self.time_field] = exact_time
         self.data_augmentation()
+
+    def build(self):
+        """RecBole's splits; with ``reward_noise_std`` > 0, the training split's ratings noised (module docstring)."""
+        datasets = super().build()
+        if INTERACTION_INDEX in self.inter_feat:
+            rating = self.config["RATING_FIELD"]
+            add_noise(datasets[0].inter_feat, self.rating_noise, rating, getattr(self, f"{rating}_list_field"),
+                      self.item_list_length_field)
+            for part in (self, *datasets):
+                part.inter_feat.drop(INTERACTION_INDEX)
+        return datasets
 
     def data_augmentation(self):
         """Build ``<field>_list`` histories for the chosen targets (see the module docstring)."""
@@ -88,5 +129,8 @@ class AlignSequentialDataset(SequentialDataset):
             new_dict[getattr(self, f"{field}_list_field")] = torch.where(
                 valid, history, torch.zeros((), dtype=values.dtype)
             )
+        if self.config["reward_noise_std"]:
+            self.rating_noise = rating_noise(n, self.config["reward_noise_std"], self.config["seed"])
+            new_dict[INTERACTION_INDEX] = torch.from_numpy(target_index)
         new_data.update(Interaction(new_dict))
         self.inter_feat = new_data

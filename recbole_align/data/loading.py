@@ -44,8 +44,14 @@ def load_dataset(config, model_class):
 
 def check_data(config, dataset):
     """Refuse data that would give a wrong number or a deep error later: ratings that are not finite,
+    training-rating noise without ratings (or on RecBole's benchmark files, which it does not split),
     and a catalogue smaller than the largest ``topk``."""
     rating = config["RATING_FIELD"]
+    if config["reward_noise_std"] and (rating not in dataset.field2type or config["benchmark_filename"]):
+        raise AlignError(
+            f"reward_noise_std={config['reward_noise_std']} noises the training ratings: it needs the rating "
+            f"field [{rating}] loaded and recbole-align's own split (no benchmark_filename)."
+        )
     if rating in dataset.field2type:
         ratings = torch.as_tensor(np.asarray(dataset.inter_feat[rating], dtype=np.float64))
         bad = ~torch.isfinite(ratings)  # NaN was filled by RecBole (and counted) already

@@ -7,18 +7,22 @@ rating) positions of a batch, starting from a BC checkpoint:
     L = sum_i w_i * (-log pi(a_i | s_i)) / sum_i w_i  weight_normalization: sum  (Meta's supervision_weights)
 
 over the N valid positions i. The methods differ only in w = WEIGHTS[reward_weighting](r, settings):
-small pure functions of the positions' ratings r, testable with hand-made tensors. The loop,
-checkpointing, early stopping and evaluation are RecBole's (via :class:`AlignTrainer`).
+small pure functions of the positions' ratings r, testable with hand-made tensors. Exp-RSFT's
+``reward_scope: trajectory`` (paper sec. 5) weights each position by its window's standardised
+return instead (:func:`window_returns`, :func:`trajectory_weights`). The loop, checkpointing,
+early stopping and evaluation are RecBole's (via :class:`AlignTrainer`).
 """
 
 import math
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from recbole.utils import FeatureType, set_color
 
 from recbole_align.distributed import broadcast_from_first, gather_batch, world_size
 from recbole_align.errors import AlignError
+from recbole_align.model.policy import next_step
 from recbole_align.trainer.align_trainer import AlignTrainer
 
 DRPO_VARIANTS = ("adaptive", "fixed", "exp")
@@ -26,7 +30,7 @@ STAT_KEYS = ("mean_weight", "ess_share", "drpo_keep_fraction")  # per-epoch stat
 # config keys the weight functions read; reward_max/reward_min default to the training data's range
 SETTING_KEYS = (
     "reward_lambda", "reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
-    "drpo_threshold", "drpo_tie_margin", "drpo_beta",
+    "drpo_threshold", "drpo_tie_margin", "drpo_beta", "reward_scope", "trajectory_length",
 )
 
 
@@ -107,6 +111,32 @@ def drpo_weights(rewards, settings):
 WEIGHTS = {"exp": exp_weights, "linear": linear_weights, "drpo": drpo_weights}
 
 
+def window_sums(ratings, mask, length):
+    """R(τ_k) = sum_{t in τ_k} r_t over the windows τ_k = positions [kT, (k+1)T) of each left-aligned
+    sequence, T = ``length``, counting the ``mask``ed positions only: [B, L] -> (returns [B, K], windows
+    [B, K] bool: the windows holding a masked position), K = ceil(L / T). The last window of a
+    sequence may be shorter than T: its return sums fewer ratings (sec. 5: R is a sum, not a mean)."""
+    pad = -ratings.size(1) % length
+    r = F.pad(torch.where(mask, ratings, 0), (0, pad)).unflatten(1, (-1, length))
+    windows = F.pad(mask, (0, pad)).unflatten(1, (-1, length)).any(-1)
+    return r.sum(-1), windows
+
+
+def window_returns(ratings, mask, length):
+    """Each position's window return R(τ) (:func:`window_sums`): [B, L] -> [B, L], 0 off the mask."""
+    returns = window_sums(ratings, mask, length)[0].repeat_interleave(length, dim=1)[:, : ratings.size(1)]
+    return torch.where(mask, returns, 0)
+
+
+def trajectory_weights(returns, settings):
+    """Trajectory-level Exp-RSFT (paper sec. 5, eq. 19-20): w = exp(R~(τ)/λ) on every position of window
+    τ, with the standardised return R~ = (R - μ)/σ (μ, σ over all training windows, sec. 5), computed as
+    exp((R~ - R~_max)/λ): the fixed shift by the largest standardised training return keeps w in (0, 1]
+    (as :func:`exp_weights` shifts by r_max). Settings: ``return_mean``, ``return_std``, ``return_max``."""
+    standardised = (returns - settings["return_mean"]) / settings["return_std"]
+    return exp_weights(standardised, {"reward_lambda": settings["reward_lambda"], "reward_max": settings["return_max"]})
+
+
 def mean_normalized(losses, weights, batch_weights=None):
     """(1/N) sum w * loss over the N valid positions of the batch (Exp-RSFT Algorithm 1);
     ``batch_weights``: the weights of the whole batch when ``losses``, ``weights`` are one rank's share."""
@@ -125,7 +155,9 @@ NORMALIZATIONS = {"mean": mean_normalized, "sum": sum_normalized}
 
 def reward_weighted_loss(model, interaction, weighting, settings, normalization):
     """The batch loss of the reward-weighted trainer: (loss, rewards [N], weights [N]) over the N valid
-    positions, from ``model.position_losses`` (-log pi per position and the next item's rating).
+    positions, from ``model.position_losses`` (-log pi per position and the next item's rating). The
+    rewards are the ratings, or with ``reward_scope: trajectory`` each position's window return R(τ),
+    weighted by :func:`trajectory_weights` (eq. 20: L = (1/N) sum_i exp(R~(τ_i)/λ) (-log pi(a_i | s_i))).
 
     In a multi-process run the batch is the union of the ranks' batches: the rewards and weights are
     the whole batch's, computed by rank 0 (DRPO's top fraction is the batch's, its random tie-breaking
@@ -133,8 +165,11 @@ def reward_weighted_loss(model, interaction, weighting, settings, normalization)
     that DDP's mean of the ranks' gradients is the gradient of the batch loss.
     """
     losses, mask, ratings = model.position_losses(interaction)
+    weight = WEIGHTS[weighting]
+    if settings.get("reward_scope") == "trajectory":
+        ratings, weight = window_returns(ratings, mask, settings["trajectory_length"]), trajectory_weights
     rewards, own = gather_batch(ratings[mask])
-    weights = broadcast_from_first(WEIGHTS[weighting](rewards, settings))
+    weights = broadcast_from_first(weight(rewards, settings))
     loss = NORMALIZATIONS[normalization](losses[mask], weights[own], weights) * world_size()
     return loss, rewards, weights
 
@@ -176,6 +211,13 @@ def check_config(config):
     )
     if weighting == "exp":
         _positive(config, "reward_lambda")
+    if config["reward_scope"] == "trajectory":  # its values and trajectory_length's: config.SETTING_CHECKS
+        _require(weighting == "exp", f"reward_scope=trajectory is Exp-RSFT's (reward_weighting: exp), not {weighting!r}'s.")
+        _require(
+            config["reward_max"] is None,
+            "reward_max shifts ratings (reward_scope=item); trajectory weights shift by the largest "
+            "standardised training return: leave reward_max: ~.",
+        )
     if weighting == "drpo":
         variant = config["drpo_variant"]
         _require(variant in DRPO_VARIANTS, f"drpo_variant must be one of {list(DRPO_VARIANTS)}, got {variant!r}.")
@@ -220,10 +262,35 @@ def training_ratings(dataset, config):
     return ratings
 
 
+def training_returns(dataset, config):
+    """R(τ) of every training window of ``trajectory_length`` positions (:func:`window_sums`), one
+    value per window: [W] float64. A training sequence's positions are its history's, each rated by the
+    item it predicts (the next history item, then the target)."""
+    inter, field = dataset.inter_feat, config["RATING_FIELD"]
+    lengths = inter[config["ITEM_LIST_LENGTH_FIELD"]]
+    ratings = next_step(inter[f"{field}{config['LIST_SUFFIX']}"].double(), lengths, inter[field])
+    mask = torch.arange(ratings.size(1)) < lengths.unsqueeze(1)
+    returns, windows = window_sums(ratings, mask, config["trajectory_length"])
+    return returns[windows]
+
+
+def return_statistics(returns):
+    """``return_mean`` μ and ``return_std`` σ (population) of the training windows' returns R, and
+    ``return_max`` (max R - μ)/σ, the largest standardised return; AlignError if σ = 0."""
+    std, mean = torch.std_mean(returns, correction=0)
+    _require(
+        std > 0,
+        f"all {len(returns)} training windows have the same return {mean.item():g}: the standardised return "
+        f"(R - mean)/std is undefined; use reward_scope: item or another trajectory_length.",
+    )
+    return {"return_mean": mean.item(), "return_std": std.item(), "return_max": ((returns.max() - mean) / std).item()}
+
+
 def resolve_settings(config, ratings):
     """The weight functions' settings: config values, with reward_max/reward_min from the data when
     unset; raise AlignError for settings the ratings make meaningless."""
     settings = {key: config[key] for key in SETTING_KEYS}
+    settings["reward_scope"] = settings["reward_scope"] or "item"  # RSFT and DRPO leave it unset
     r_min, r_max = ratings.min().item(), ratings.max().item()
     settings["reward_max"] = r_max if settings["reward_max"] is None else settings["reward_max"]
     settings["reward_min"] = r_min if settings["reward_min"] is None else settings["reward_min"]
@@ -254,7 +321,8 @@ class RewardWeightedTrainer(AlignTrainer):
     """Post-trains a model with ``position_losses`` by the reward-weighted loss of this module.
 
     Config keys (defaults in recbole_align/properties/model/{ExpRSFT,RSFT,DRPO}.yaml): ``reward_weighting``
-    (exp | linear | drpo), ``weight_normalization`` (mean | sum) and the keys of the weight functions.
+    (exp | linear | drpo), ``weight_normalization`` (mean | sum), the keys of the weight functions and,
+    for Exp-RSFT, ``reward_scope`` (item | trajectory) and ``trajectory_length``.
     Each epoch adds to ``epoch_log`` and to the training log line: ``mean_weight`` (mean w over the
     epoch's positions), ``ess_share`` (effective sample size (sum w)^2 / sum w^2 as a share of the
     positions) and, for DRPO, ``drpo_keep_fraction`` (share of positions kept). DRPO's adaptive P
@@ -263,6 +331,11 @@ class RewardWeightedTrainer(AlignTrainer):
 
     def __init__(self, config, model):
         check_config(config)
+        _require(
+            config["reward_scope"] != "trajectory" or model.all_position_training,
+            f"reward_scope=trajectory needs a backbone trained at every position of one sequence per user "
+            f"(HSTU, SASRec, GRU4Rec), not [{config['backbone']}].",
+        )
         super().__init__(config, model)
         self.weighting = config["reward_weighting"]
         self.normalization = config["weight_normalization"]
@@ -274,6 +347,13 @@ class RewardWeightedTrainer(AlignTrainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         ratings = training_ratings(train_data._dataset, self.config)
         self.settings = resolve_settings(self.config, ratings)
+        if self.settings["reward_scope"] == "trajectory":
+            returns = training_returns(train_data._dataset, self.config)
+            self.settings.update(return_statistics(returns))
+            self.logger.info(
+                f"trajectory returns over {len(returns)} training windows of {self.settings['trajectory_length']} "
+                f"positions: mean {self.settings['return_mean']:.4f}, std {self.settings['return_std']:.4f}"
+            )
         if self.controller is not None:  # P0, or the P a resumed run had reached
             self.settings["drpo_keep_fraction"] = self.controller.p
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
