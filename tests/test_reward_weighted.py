@@ -142,11 +142,12 @@ def test_window_returns_with_a_partial_last_window_and_padding():
     ratings = R([[5.0, 4.0, 3.0, 2.0, 1.0, 5.0, 4.0], [1.0, 2.0, 3.0, 4.0, 9.0, 9.0, 9.0]])  # row 1: 4 valid, 9s are padding
     mask = torch.arange(7) < R([[7], [4]])
     returns, windows = window_sums(ratings, mask, 3)
-    assert returns.tolist() == [[12.0, 8.0, 4.0], [6.0, 4.0, 0.0]]  # [5,4,3] [2,1,5] [4] | [1,2,3] [4]
+    # [5,4,3] [2,1,5] [4] | [1,2,3] [4]: a partial window's return is T times its mean rating
+    assert returns.tolist() == [[12.0, 8.0, 12.0], [6.0, 12.0, 0.0]]
     assert windows.tolist() == [[True, True, True], [True, True, False]]
-    assert window_returns(ratings, mask, 3).tolist() == [[12, 12, 12, 8, 8, 8, 4], [6, 6, 6, 4, 0, 0, 0]]
+    assert window_returns(ratings, mask, 3).tolist() == [[12, 12, 12, 8, 8, 8, 12], [6, 6, 6, 12, 0, 0, 0]]
     assert torch.equal(window_returns(ratings, mask, 1), ratings * mask)  # T = 1: each position's rating
-    assert window_returns(ratings, mask, 50).tolist() == [[24] * 7, [10] * 4 + [0] * 3]  # one window a sequence
+    assert window_returns(ratings, mask, 7).tolist() == [[24] * 7, [17.5] * 4 + [0] * 3]  # one window a sequence
 
 
 def test_trajectory_weights_by_hand():
@@ -180,17 +181,17 @@ def rated_batch():
 def test_training_returns_one_per_window_of_the_training_sequences():
     config = {"RATING_FIELD": "rating", "LIST_SUFFIX": "_list", "ITEM_LIST_LENGTH_FIELD": "item_length"}
     dataset = SimpleNamespace(inter_feat=rated_batch())
-    assert training_returns(dataset, {**config, "trajectory_length": 3}).tolist() == [7.0, 3.0, 6.0]  # [1,2,4] [3] | [5,1]
+    assert training_returns(dataset, {**config, "trajectory_length": 3}).tolist() == [7.0, 9.0, 9.0]  # [1,2,4] [3] | [5,1]
     assert training_returns(dataset, {**config, "trajectory_length": 2}).tolist() == [3.0, 7.0, 6.0]
 
 
 def test_trajectory_loss_weights_every_position_by_its_window():
     model = make_model("CE").eval()
-    stats = {"return_mean": 5.0, "return_std": 2.0, "return_max": 1.0}
+    stats = {"return_mean": 5.0, "return_std": 2.0, "return_max": 2.0}
     settings = {"reward_lambda": 0.5, "reward_scope": "trajectory", "trajectory_length": 3, **stats}
     loss, rewards, weights = reward_weighted_loss(model, rated_batch(), "exp", settings, "mean")
-    assert rewards.tolist() == [7.0, 7.0, 7.0, 3.0, 6.0, 6.0]
-    expected = torch.exp(((rewards - 5.0) / 2.0 - 1.0) / 0.5)  # 1 at R = 7, the largest return
+    assert rewards.tolist() == [7.0, 7.0, 7.0, 9.0, 9.0, 9.0]  # [1,2,4] [3] | [5,1]; partial windows: T x mean
+    expected = torch.exp(((rewards - 5.0) / 2.0 - 2.0) / 0.5)  # 1 at R = 9, the largest return
     assert torch.allclose(weights, expected) and weights.max() == 1.0
     losses, mask, _ = model.position_losses(rated_batch())
     assert loss.item() == pytest.approx((expected * losses[mask]).mean().item(), rel=1e-6)  # eq. 20, mean over positions

@@ -115,11 +115,13 @@ def window_sums(ratings, mask, length):
     """R(τ_k) = sum_{t in τ_k} r_t over the windows τ_k = positions [kT, (k+1)T) of each left-aligned
     sequence, T = ``length``, counting the ``mask``ed positions only: [B, L] -> (returns [B, K], windows
     [B, K] bool: the windows holding a masked position), K = ceil(L / T). The last window of a
-    sequence may be shorter than T: its return sums fewer ratings (sec. 5: R is a sum, not a mean)."""
+    sequence, its most recent positions, may hold n < T of them: its return is T/n times their sum (T
+    times their mean rating), so that it stands with the full windows' T-rating sums instead of being
+    ranked low for its length alone (ours: sec. 5's trajectories all have the same length)."""
     pad = -ratings.size(1) % length
     r = F.pad(torch.where(mask, ratings, 0), (0, pad)).unflatten(1, (-1, length))
-    windows = F.pad(mask, (0, pad)).unflatten(1, (-1, length)).any(-1)
-    return r.sum(-1), windows
+    counts = F.pad(mask, (0, pad)).unflatten(1, (-1, length)).sum(-1)
+    return r.sum(-1) * length / counts.clamp(min=1), counts > 0
 
 
 def window_returns(ratings, mask, length):
