@@ -1,9 +1,12 @@
 """Shared fixtures: tiny RecBole atomic datasets and a CLI runner that reads the results JSON."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +49,26 @@ def ml100k_slice(tmp_path_factory):
     frame = pd.read_csv(ML100K_INTER, sep="\t")
     users = sorted(frame["user_id:token"].unique())[:60]
     return write_atomic(tmp_path_factory.mktemp("data"), "ml-100k-slice", frame[frame["user_id:token"].isin(users)])
+
+
+def run_in_process(cwd, main, *args):
+    """``main(args)`` (a command's ``main``, e.g. ``recbole_align.quick_start.main``) in this process,
+    from ``cwd`` (RecBole writes ./log and ./saved there): (exit status, its non-empty stderr lines).
+    Much cheaper than a new process for runs that stop at an error; an exception other than the exit
+    propagates (a traceback fails the test)."""
+    stderr, here = io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(stderr), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                main(list(args))
+                status = 0
+            except SystemExit as exit_info:
+                status = exit_info.code
+    finally:
+        os.chdir(here)
+    return status, [line for line in stderr.getvalue().splitlines() if line.strip()]
 
 
 def run_tool(cwd, module, *args):

@@ -84,8 +84,23 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
     assert again.stdout.count("(reused)") == 4
     assert {p: p.stat().st_mtime for p in sorted((out / "runs").glob("*.json"))} == stamps
 
-    changed = benchmark(tmp_path, ml100k_slice, "--learning_rate=0.01")  # another config: new runs
-    assert changed.returncode == 0 and changed.stdout.count("(reused)") == 0
+
+def test_a_run_is_named_by_everything_that_decides_it(tmp_path):
+    """The hash in a run's file name: another config (a user's override, a setting, the seed, a config
+    file's text) is another run; the same is the same run, reused."""
+    from recbole_align.benchmark import Run, run_hash
+
+    yaml = tmp_path / "a.yaml"
+    yaml.write_text("hidden_size: 8\n")
+    run = lambda seed=2020, **settings: Run("ExpRSFT", "ExpRSFT", seed, {"epochs": 1, **settings})  # noqa: E731
+    base = run_hash(run(), "ml-100k", [yaml], ["--hidden_size=8"])
+    assert run_hash(run(), "ml-100k", [yaml], ["--hidden_size=8"]) == base
+    assert len({base, run_hash(run(), "ml-100k", [yaml], ["--hidden_size=8", "--learning_rate=0.01"]),
+                run_hash(run(2021), "ml-100k", [yaml], ["--hidden_size=8"]),
+                run_hash(run(reward_lambda=1), "ml-100k", [yaml], ["--hidden_size=8"]),
+                run_hash(run(), "ml-1m-half", [yaml], ["--hidden_size=8"])}) == 5
+    yaml.write_text("hidden_size: 16\n")
+    assert run_hash(run(), "ml-100k", [yaml], ["--hidden_size=8"]) != base
 
 
 def test_parse_budgets():

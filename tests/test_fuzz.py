@@ -6,18 +6,15 @@ in-process (``recbole_align.quick_start.main``) to keep the examples cheap; set
 ``RECBOLE_ALIGN_FUZZ_EXAMPLES`` (default 8) to run more by hand.
 """
 
-import contextlib
-import io
 import json
 import math
 import os
-import warnings
 
 import pandas as pd
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import write_atomic
+from conftest import run_in_process, write_atomic
 from recbole_align.quick_start import main
 
 EXAMPLES = int(os.environ.get("RECBOLE_ALIGN_FUZZ_EXAMPLES", "8"))
@@ -59,9 +56,8 @@ SETTINGS = st.fixed_dictionaries({
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(frame=atomic_files(), options=SETTINGS)
-def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, monkeypatch, frame, options):
-    folder = tmp_path_factory.mktemp("fuzz")
-    monkeypatch.chdir(folder)  # RecBole writes ./log and ./saved
+def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, frame, options):
+    folder = tmp_path_factory.mktemp("fuzz")  # RecBole writes ./log and ./saved there
     data_path = write_atomic(folder / "data", "fuzz", frame)
     results_file = folder / "results.json"
     args = [
@@ -71,15 +67,7 @@ def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, mo
         "--linear_dim=8", "--num_negatives=4", "--train_batch_size=8", "--show_progress=False", "--state=ERROR",
         f"--results_file={results_file}",
     ]
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            main(args)
-            status = 0
-        except SystemExit as exit_info:
-            status = exit_info.code
-    lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
+    status, lines = run_in_process(folder, main, *args)
     event(f"exit status {status}" + (f": {lines[0][22:70]}" if status and lines else ""))
     if status == 0:
         results = json.loads(results_file.read_text())

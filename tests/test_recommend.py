@@ -1,20 +1,15 @@
 """recbole-align recommend: the top-K items of chosen users, history excluded, with the .item titles."""
 
-import os
-import subprocess
-import sys
-
 import pandas as pd
 
-from conftest import ML100K_INTER, REPO, run_cli, tiny, write_atomic
+from conftest import ML100K_INTER, run_cli, run_in_process, run_tool, tiny, write_atomic
+from recbole_align import recommend as recommend_command
 from recbole_align.recommend import recommend
 
 
 def recommend_cli(cwd, *args):
     """``python -m recbole_align recommend ...`` in ``cwd`` (the console script's code path)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "recbole_align", "recommend", *args], cwd=cwd, capture_output=True,
-                          text=True, env=env, timeout=600)
+    return run_tool(cwd, "recbole_align", "recommend", *args)
 
 
 def test_recommend_ranks_like_the_evaluation_and_excludes_the_history(tmp_path):
@@ -61,6 +56,5 @@ def test_recommend_errors(tmp_path, ml100k_slice):
     ):
         base = [f"--checkpoint={results['checkpoint']}", "--dataset=ml-100k-slice"]
         keys = {arg.split("=")[0] for arg in args}
-        process = recommend_cli(tmp_path, *[a for a in base if a.split("=")[0] not in keys], *args)
-        assert process.returncode == 2 and message in process.stderr, (args, process.stderr[-2000:])
-        assert process.stderr.strip().count("\n") == 0
+        status, lines = run_in_process(tmp_path, recommend_command.main, *[a for a in base if a.split("=")[0] not in keys], *args)
+        assert status == 2 and len(lines) == 1 and message in lines[0], (args, lines)

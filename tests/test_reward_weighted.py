@@ -365,22 +365,6 @@ def test_drpo_from_the_bc_checkpoint_adapts_the_kept_fraction(workdir, ml100k_sl
     assert first == pytest.approx(0.5, abs=0.01) and second != first and 0.05 <= second <= 1
 
 
-def test_sweep_writes_its_rows_and_plot_from_a_given_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
-    process = run_tool(
-        workdir, "recbole_align.sweep", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        "--sweep_lambda=[2,0.5]", "--output_dir=sweep", f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}",
-        *TINY,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    rows = pd.read_csv(workdir / "sweep" / "runs.csv")
-    assert [(row.run, row.reward_lambda) for row in rows.itertuples()][1:] == [("ExpRSFT λ=0.5", 0.5), ("ExpRSFT λ=2", 2)]
-    assert rows.run[0] == "BC" and pd.isna(rows.reward_lambda[0])
-    assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "best_epoch", "final_epoch"} <= set(rows)
-    assert rows.best_epoch[1] == 0 and rows.final_epoch[1] == 0
-    assert (workdir / "sweep" / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "[3/3] ExpRSFT λ=2 seed 2020" in process.stdout
-
-
 def rewritten_slice(ml100k_slice, tmp_path, change):
     """The slice with ``change`` applied to its table, under the same dataset name in another folder."""
     frame = pd.read_csv(Path(ml100k_slice) / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
@@ -416,21 +400,28 @@ def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, messa
     assert "Traceback" not in process.stderr and process.stderr.strip().count("\n") == 0
 
 
-def test_benchmark_table_from_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
-    out = workdir / "benchmark"
+def test_sweep_and_tables_from_a_given_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
+    """``recbole-align sweep`` (the benchmark's λ rows) with DRPO beside them and per-epoch traces."""
+    out = workdir / "sweep"
     process = run_tool(
-        workdir, "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        f"--output_dir={out}", "--methods=ExpRSFT,DRPO", "--baselines=[]", "--trace",
+        workdir, "recbole_align.sweep", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--sweep_lambda=[2,0.5]", "--methods=[DRPO]", "--trace", f"--output_dir={out}",
         f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY,
     )
-    assert process.returncode == 0, process.stderr[-2000:]
-    rows = pd.read_csv(out / "runs.csv").set_index("run")
-    assert list(rows.index) == ["BC", "ExpRSFT", "DRPO"]
+    assert process.returncode == 0, process.stderr[-3000:]
+    rows = pd.read_csv(out / "runs.csv")
+    assert list(rows.run) == ["BC", "DRPO", "ExpRSFT λ=0.5", "ExpRSFT λ=2"]
+    assert rows.model[0] == "DRPO" and rows.epochs[0] == 0  # the given checkpoint, evaluated by a 0-epoch run
+    assert pd.isna(rows.reward_lambda[1]) and list(rows.reward_lambda[2:]) == [0.5, 2]
+    assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "final_test_filtered/ndcg@10"} <= set(rows)
+    assert list(rows.best_epoch[1:]) == [0, 0, 0] and list(rows.final_epoch[1:]) == [0, 0, 0]
+    assert (out / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[4/4] ExpRSFT λ=2 seed 2020" in process.stdout
     table = markdown_lines((out / "table.md").read_text())
     assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | epoch |" in table  # no reward head: no Avg Reward
     assert "Table 2 (reward model) not computed" in "\n".join(table)
-    bc_ndcg = rows.loc["BC", "test_filtered/ndcg@10"]
-    drpo_ndcg = rows.loc["DRPO", "test_filtered/ndcg@10"]
+    rows = rows.set_index("run")
+    bc_ndcg, drpo_ndcg = rows.loc["BC", "test_filtered/ndcg@10"], rows.loc["DRPO", "test_filtered/ndcg@10"]
     change = f" ({(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%)" if bc_ndcg else ""
     assert any(line.replace("**", "").startswith(f"| DRPO | {drpo_ndcg:.4f}{change} |") for line in table)
     assert "DRPO per epoch (seed 2020):" in table and any("drpo_keep_fraction" in line for line in table)
