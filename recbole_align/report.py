@@ -143,21 +143,26 @@ def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_o
     plt.close(fig)
 
 
-def draw_against_lambda(ax, curves, baseline=None):
-    """Onto ``ax``: filtered test NDCG@10 (mean ± std over seeds) against λ on a log axis, one line per
-    curve, with ``baseline`` (BC's (mean, std)) as a dashed line. ``curves``: {name: [(λ, (mean, std))]}."""
-    lambdas = sorted({lam for points in curves.values() for lam, _ in points})
+def draw_curves(ax, curves, baseline=None):
+    """Onto ``ax``: filtered test NDCG@10 (mean ± std over seeds) against x, one line per curve, with
+    ``baseline`` (BC's (mean, std)) as a dashed line. ``curves``: {name: [(x, (mean, std))]}."""
     for name, points in curves.items():
         ax.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
                     capsize=3, label=name)
     if baseline is not None:
         ax.axhline(baseline[0], color="grey", linestyle="--", label="BC")
+    ax.set_ylabel("test NDCG@10 (rating >= threshold)")
+    ax.legend(fontsize=8)
+
+
+def draw_against_lambda(ax, curves, baseline=None):
+    """:func:`draw_curves` against λ on a log axis. ``curves``: {name: [(λ, (mean, std))]}."""
+    draw_curves(ax, curves, baseline)
+    lambdas = sorted({lam for points in curves.values() for lam, _ in points})
     ax.set_xscale("log")
     ax.set_xticks(lambdas, [f"{lam:g}" for lam in lambdas])
     ax.minorticks_off()
     ax.set_xlabel("λ")
-    ax.set_ylabel("test NDCG@10 (rating >= threshold)")
-    ax.legend(fontsize=8)
 
 
 def plot_against_lambda(curves, path, title, baseline=None):
@@ -179,15 +184,9 @@ def plot_noise_sweep(curves, against_noise, path, title, baseline=None):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     draw_against_lambda(left, curves, baseline)
     left.set_title("Exp-RSFT at each noise level")
-    for name, points in against_noise.items():
-        right.errorbar([p[0] for p in points], [p[1][0] for p in points], yerr=[p[1][1] for p in points], fmt="o-",
-                       capsize=3, label=name)
-    if baseline is not None:
-        right.axhline(baseline[0], color="grey", linestyle="--", label="BC")
+    draw_curves(right, against_noise, baseline)
     right.set_xlabel("σ, std of the noise added to the training ratings")
-    right.set_ylabel("test NDCG@10 (rating >= threshold)")
     right.set_title("every method against the noise")
-    right.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
