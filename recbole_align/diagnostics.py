@@ -27,7 +27,7 @@ from recbole_align.data import load_dataset
 from recbole_align.errors import AlignError
 from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
 from recbole_align.report import markdown_table, write_table
-from recbole_align.trainer.on_policy import history_mask, log_policy, sample_items
+from recbole_align.trainer.on_policy import history_items, log_policy, sample_items
 
 PREDICTORS = ("User Mean", "Item Mean", "Global Mean", "Trained RM")
 
@@ -61,8 +61,8 @@ def avg_reward(policy, judge, eval_loader, config):
         interaction = interaction[: limit - count].to(policy.device)
         seq_len = interaction[policy.ITEM_SEQ_LEN]
         rows = torch.arange(len(seq_len), device=policy.device)
-        excluded = history_mask(interaction[policy.ITEM_SEQ], rows, seq_len - 1, policy.n_items)
-        log_probs = log_policy(policy, policy.user_state(interaction), excluded)
+        history = history_items(interaction[policy.ITEM_SEQ], rows, seq_len - 1)
+        log_probs = log_policy(policy, policy.user_state(interaction), history)
         items = sample_items(log_probs, generations, generator=generator)
         total += judge.predict_reward(judge.user_state(interaction).unsqueeze(1), items).sum().item()
         count += len(seq_len)

@@ -9,6 +9,7 @@ from logging import getLogger
 from pathlib import Path
 from time import time
 
+import numpy as np
 import torch
 from recbole.data import data_preparation
 from recbole.utils import get_local_time, init_seed, set_color
@@ -16,9 +17,10 @@ from recbole.utils import get_local_time, init_seed, set_color
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import init_logger, join_process_group
 from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
-from recbole_align.data import EVAL_SPLITS, check_splits, evaluation_loaders, length_grouped, load_dataset
+from recbole_align.data import check_splits, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
+from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.model.policy import NextItemPolicy
 from recbole_align.pretrained import adopt_architecture, check_resume, load_pretrained, read_pretrained
 from recbole_align.registry import PROPERTIES_DIR
@@ -131,7 +133,7 @@ def train_and_evaluate(config, spec, saved=True):
     check_splits(config, train_data, valid_data, test_data)
     if issubclass(spec.model_class, NextItemPolicy):  # the models that trim batches; RecBole's own train as RecBole does
         train_data = length_grouped(config, train_data)
-    loaders = evaluation_loaders(config, valid_data, test_data)
+    valid_selection = rating_filtered_loader(config, valid_data, "valid")  # model selection's cases
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset)
@@ -144,20 +146,20 @@ def train_and_evaluate(config, spec, saved=True):
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"])
     if config["epoch_test_metrics"]:
-        trainer.epoch_test_loaders = {split: loaders[split] for split in ("test", "test_filtered")}
+        trainer.epoch_test_loader = test_data
 
     start = time()
-    trainer.fit(train_data, loaders["valid_filtered"], saved=saved, show_progress=config["show_progress"])
+    trainer.fit(train_data, valid_selection, saved=saved, show_progress=config["show_progress"])
     train_seconds = time() - start
 
-    metrics = {}
-    for split in EVAL_SPLITS:
-        load_best = saved and not metrics  # load the best checkpoint once, before the first split
-        metrics[split] = dict(trainer.evaluate(loaders[split], load_best_model=load_best))
-    counts = {f"n_{split}": len(loaders[split]._dataset) for split in EVAL_SPLITS}
-    for split in EVAL_SPLITS:
-        n_cases = counts[f"n_{split}"]
-        logger.info(set_color(f"{split} result ({n_cases} cases)", "yellow") + f": {metrics[split]}")
+    final, best = evaluate_final_and_best(trainer, valid_data, test_data, saved)
+    metrics, counts = {}, {}
+    for split in ("valid", "test"):
+        result = best[split]
+        metrics[split], metrics[f"{split}_filtered"] = result.metrics, result.filtered_metrics
+        counts[f"n_{split}"], counts[f"n_{split}_filtered"] = len(result.keep), int(result.keep.sum())
+    for split, value in metrics.items():
+        logger.info(set_color(f"{split} result ({counts[f'n_{split}']} cases)", "yellow") + f": {value}")
 
     results = {
         "model": config["model"],
@@ -182,14 +184,58 @@ def train_and_evaluate(config, spec, saved=True):
         judge = recommender  # a BC run judges itself; a post-trained model is judged by its BC checkpoint
         if pretrained is not None:
             judge = checkpoint_model(spec.model_class, pretrained, config, train_data._dataset)
-        results["avg_reward"] = avg_reward(recommender, judge, loaders["test"], config)
+        results["avg_reward"] = avg_reward(recommender, judge, test_data, config)
         logger.info(set_color("avg_reward", "yellow") + f": {results['avg_reward']:.4f}")
     results_file = Path(config["results_file"] or Path(trainer.saved_model_file).with_suffix(".json"))
     results_file.parent.mkdir(parents=True, exist_ok=True)
+    results["cases_file"] = str(cases_file_of(results_file))
+    write_cases(results["cases_file"], final, best, results)
     results_file.write_text(json.dumps(results, indent=2))
     results["results_file"] = str(results_file)
     logger.info(set_color("results written to", "blue") + f": {results_file}")
     return results
+
+
+def evaluate_final_and_best(trainer, valid_data, test_data, saved):
+    """({split: SplitResult} of the model as training left it, the same of the best checkpoint), each
+    case scored once per model: the final test pass is the last epoch's (``epoch_test_metrics``) when
+    there is one, and the final model is the best one (no pass of its own) when the best epoch is the
+    last or nothing was saved."""
+    last_epoch = trainer.epoch_log[-1]["epoch"] if trainer.epoch_log else None
+    final = None
+    if saved and last_epoch is not None and trainer.best_epoch() != last_epoch:
+        final = {
+            "valid": trainer.evaluate_split(valid_data, "valid"),
+            "test": trainer.last_epoch_test or trainer.evaluate_split(test_data, "test"),
+        }
+    best = {
+        "valid": trainer.evaluate_split(valid_data, "valid", load_best_model=saved),
+        "test": trainer.evaluate_split(test_data, "test"),
+    }
+    return final or best, best
+
+
+def cases_file_of(results_file):
+    """Where a run's per-case results go: ``<results>.cases.npz`` beside its results JSON."""
+    return Path(results_file).with_suffix(".cases.npz")
+
+
+def write_cases(path, final, best, results):
+    """The per-case results of a run (numpy ``.npz``, no pickled objects), for the valid and test
+    splits, one entry per case in RecBole's case order: ``{split}_user_id`` (the user's token),
+    ``{split}_rating`` (the held-out item's rating), ``{split}_keep`` (counted by the filtered metrics),
+    ``{split}_rank`` (the held-out item's rank in the full ranking, history excluded, ties averaged;
+    1 is the top) of the best checkpoint, and ``{split}_rank_final`` of the model at the end of
+    training; ``best_epoch`` and ``final_epoch`` (-1 when none)."""
+    arrays = {}
+    for split in ("valid", "test"):
+        arrays.update(best[split].per_case(split))
+        arrays[f"{split}_rank_final"] = final[split].rank
+    epochs = [entry["epoch"] for entry in results["epoch_log"]]
+    best_epoch = results["best_epoch"]
+    np.savez_compressed(
+        path, **arrays, best_epoch=-1 if best_epoch is None else best_epoch, final_epoch=epochs[-1] if epochs else -1
+    )
 
 
 def run_processes(config, saved=True):

@@ -15,7 +15,7 @@ from test_hstu import DAY, MAX_LEN, make_batch, make_model
 from recbole_align.compat import load_checkpoint
 from recbole_align.trainer.dpo import dpo_loss, rank_pairs
 from recbole_align.trainer.grpo import group_advantages, grpo_loss
-from recbole_align.trainer.on_policy import exact_kl, history_mask, log_policy, sample_distinct_pairs, sample_items
+from recbole_align.trainer.on_policy import exact_kl, history_items, log_policy, sample_distinct_pairs, sample_items
 from recbole_align.trainer.on_policy import frozen_copy
 from recbole_align.trainer.ppo import PPOTrainer, RepeatedBatches, ppo_loss
 
@@ -147,16 +147,24 @@ def test_rank_pairs_prefers_the_higher_reward_and_drops_ties():
     assert decided.tolist() == [1.0, 1.0, 0.0]
 
 
-def test_history_mask_and_sampling_never_return_history_or_padding():
+def excluded_mask(history, n_items):
+    """The dense [M, n_items] mask of the padding and the items of ``history`` [M, window]."""
+    mask = torch.zeros(len(history), n_items, dtype=torch.bool).scatter_(1, history, True)
+    mask[:, 0] = True
+    return mask
+
+
+def test_history_items_and_sampling_never_return_history_or_padding():
     item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [2, 0, 0, 0, 0, 0], [4, 6, 7, 8, 1, 2]])  # the last fills the window
     rows, positions = torch.tensor([0, 0, 0, 0, 1, 2]), torch.tensor([0, 1, 2, 3, 0, 5])
-    excluded = history_mask(item_seq, rows, positions, n_items=12)
+    history = history_items(item_seq, rows, positions)
+    excluded = excluded_mask(history, n_items=12)
     for m, (b, t) in enumerate(zip(rows.tolist(), positions.tolist())):
         expected = {0, *item_seq[b, : t + 1].tolist()}
         assert set(excluded[m].nonzero().flatten().tolist()) == expected
     model = make_model(n_items=12).eval()
     states = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
-    log_probs = log_policy(model, states, excluded)
+    log_probs = log_policy(model, states, history)
     assert torch.isneginf(log_probs[excluded]).all() and torch.isfinite(log_probs[~excluded]).all()
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(6))
     draws = sample_items(log_probs, 2000, temperature=50.0)  # nearly flat: would hit history if allowed
@@ -384,34 +392,72 @@ def test_benchmark_tables_from_a_given_bc_checkpoint(workdir, ml100k_slice, ppo_
     assert "PPO per epoch (seed 2020):" in table and "| Metric | User Mean | Item Mean | Global Mean | Trained RM |" in table
 
 
-def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch):
+def dense_log_policy(model, states, excluded, temperature=1.0):
+    """log π over the catalogue from a dense exclusion mask, as the code before history indices computed it."""
+    logits = model.catalogue_logits(states).masked_fill_(excluded, float("-inf"))
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+@pytest.mark.parametrize("given_log_norm", [False, True])
+def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch, given_log_norm):
     from recbole_align.trainer import on_policy
 
     model, reference = make_model(n_items=12).eval().double(), make_model(n_items=12, seed=1).eval().double()
     item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]])
     rows, positions = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 3, 0, 2, 5])
-    excluded = history_mask(item_seq, rows, positions, n_items=12)
+    history = history_items(item_seq, rows, positions)
+    excluded = excluded_mask(history, n_items=12)
     states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1).requires_grad_()
     reference_states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
     actions = torch.tensor([[10, 11], [1, 2], [3, 5], [9, 10], [11, 3]])
-    log_pi = log_policy(model, states, excluded, 0.7)
-    expected = (log_pi.gather(1, actions), exact_kl(log_pi, log_policy(reference, reference_states, excluded, 0.7)))
+    log_pi = dense_log_policy(model, states, excluded, 0.7)
+    expected = (log_pi.gather(1, actions), exact_kl(log_pi, dense_log_policy(reference, reference_states, excluded, 0.7)))
     upstream = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     inputs = (states, model.item_embedding.weight)
     expected_grads = torch.autograd.grad((expected[0] * upstream[0]).sum() + (expected[1] * upstream[1]).sum(), inputs)
     monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)  # three chunks
-    actual = on_policy.log_probs_and_kl(model, states, reference, reference_states, excluded, actions, 0.7)
+    log_norm = on_policy.log_normaliser(reference, reference_states, history, 0.7) if given_log_norm else None
+    actual = on_policy.log_probs_and_kl(model, states, reference, reference_states, history, actions, 0.7, log_norm)
     actual_grads = torch.autograd.grad((actual[0] * upstream[0]).sum() + (actual[1] * upstream[1]).sum(), inputs)
     assert torch.allclose(actual[0], expected[0]) and torch.allclose(actual[1], expected[1])
     assert all(torch.allclose(a, e) for a, e in zip(actual_grads, expected_grads))
 
 
+def test_ppo_loss_and_gradients_equal_the_dense_computation(monkeypatch):
+    """PPO's loss of a pass (log π at the rollout's items and the exact KL through the chunked,
+    history-indexed path, π_BC's log-normaliser cached) and its gradients equal those of the dense
+    catalogue-wide computation (the estimator of the code before the rollout cache)."""
+    from recbole_align.trainer import on_policy
+
+    model, reference = make_model(n_items=12).eval().double(), make_model(n_items=12, seed=1).eval().double()
+    item_seq = torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]])
+    rows, positions = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([1, 3, 0, 2, 5])
+    history = history_items(item_seq, rows, positions)
+    states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1).requires_grad_()
+    reference_states = torch.nn.functional.normalize(torch.randn(5, 8, dtype=torch.float64), dim=-1)
+    actions = torch.tensor([[10, 11], [1, 2], [3, 5], [9, 10], [11, 3]])
+    log_old = torch.randn(5, 2, dtype=torch.float64) - 2.0
+    rewards = torch.tensor([[4.0, 2.0], [1.0, 5.0], [3.0, 3.5], [2.0, 2.5], [5.0, 1.0]], dtype=torch.float64)
+    inputs = (states, model.item_embedding.weight)
+    log_pi = dense_log_policy(model, states, excluded_mask(history, 12))
+    kl = exact_kl(log_pi, dense_log_policy(reference, reference_states, excluded_mask(history, 12)))
+    expected, _ = ppo_loss(log_pi.gather(1, actions), log_old, kl, rewards, clip_epsilon=0.2, kl_coef=0.05)
+    monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)
+    log_norm = on_policy.log_normaliser(reference, reference_states, history)
+    chunked_log_pi, chunked_kl = on_policy.log_probs_and_kl(model, states, reference, reference_states, history, actions,
+                                                            reference_log_norm=log_norm)
+    actual, _ = ppo_loss(chunked_log_pi, log_old, chunked_kl, rewards, clip_epsilon=0.2, kl_coef=0.05)
+    assert actual.item() == pytest.approx(expected.item(), rel=1e-12)
+    for a, e in zip(torch.autograd.grad(actual, inputs), torch.autograd.grad(expected, inputs)):
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-12)
+
+
 def test_dpo_margin_from_pair_logits_equals_the_log_probability_margin():
     model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
-    excluded = history_mask(torch.tensor([[3, 5, 0]]), torch.tensor([0, 0]), torch.tensor([0, 1]), n_items=12)
+    history = history_items(torch.tensor([[3, 5, 0]]), torch.tensor([0, 0]), torch.tensor([0, 1]))
     states = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
     chosen, rejected = torch.tensor([[1], [2]]), torch.tensor([[7], [11]])
-    log_pi, log_ref = log_policy(model, states, excluded), log_policy(reference, states, excluded)
+    log_pi, log_ref = log_policy(model, states, history), log_policy(reference, states, history)
     from_log_probs = dpo_loss(log_pi.gather(1, chosen), log_pi.gather(1, rejected),
                               log_ref.gather(1, chosen), log_ref.gather(1, rejected), beta=0.1)
     from_logits = dpo_loss(model.item_logits(states, chosen), model.item_logits(states, rejected),

@@ -8,9 +8,8 @@ from recbole.utils import ModelType
 
 from recbole_align.data.dataset import AlignSequentialDataset
 from recbole_align.errors import AlignError
-from recbole_align.evaluator import rating_filtered_loader
 
-EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")
+EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")  # the metric keys of a results JSON
 
 
 def load_dataset(config, model_class):
@@ -76,13 +75,3 @@ def check_splits(config, train_data, valid_data, test_data):
                 f"Dataset [{config['dataset']}] leaves no {name} case: leave-one-out needs users with at least "
                 f"4 interactions (a first item as history, then a training, a valid and a test target)."
             )
-
-
-def evaluation_loaders(config, valid_data, test_data):
-    """The loader of each of EVAL_SPLITS: RecBole's valid and test loaders and their rating-filtered cases."""
-    return {
-        "valid": valid_data,
-        "valid_filtered": rating_filtered_loader(config, valid_data, "valid"),
-        "test": test_data,
-        "test_filtered": rating_filtered_loader(config, test_data, "test"),
-    }

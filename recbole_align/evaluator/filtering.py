@@ -5,16 +5,12 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole_align.errors import AlignError
 
 
-def rating_filtered_loader(config, eval_loader, phase):
-    """A full-sort loader over the cases of ``eval_loader`` whose target rating >= threshold.
-
-    ``eval_rating_threshold: ~`` disables the filter and returns ``eval_loader`` itself. Each row
-    of a sequential full-sort loader is one held-out case, so filtering rows and reusing RecBole's
-    loader and evaluator gives exactly the metrics restricted to those cases.
-    """
+def rating_filter(config, eval_loader, phase):
+    """keep [N] bool: the cases of ``eval_loader`` (in its order) whose target rating >= ``eval_rating_threshold``;
+    None when the threshold is ``~`` (no filter). A clear error when no case, or no rating, is there."""
     threshold = config["eval_rating_threshold"]
     if threshold is None:
-        return eval_loader
+        return None
     dataset = eval_loader._dataset
     rating_field = config["RATING_FIELD"]
     if rating_field not in dataset.inter_feat:
@@ -31,5 +27,18 @@ def rating_filtered_loader(config, eval_loader, phase):
             f"(ratings range {ratings.min().item():g}..{ratings.max().item():g}): the filtered "
             f"{phase} set is empty. Lower eval_rating_threshold or check normalize_all/normalize_field."
         )
-    filtered = dataset.copy(dataset.inter_feat[keep])
-    return FullSortEvalDataLoader(config, filtered, eval_loader._sampler, shuffle=False)
+    return keep
+
+
+def rating_filtered_loader(config, eval_loader, phase):
+    """A full-sort loader over the cases of ``eval_loader`` whose target rating >= threshold
+    (:func:`rating_filter`), or ``eval_loader`` itself without a threshold.
+
+    Each row of a sequential full-sort loader is one held-out case, so filtering rows and reusing
+    RecBole's loader and evaluator gives exactly the metrics restricted to those cases.
+    """
+    keep = rating_filter(config, eval_loader, phase)
+    if keep is None:
+        return eval_loader
+    dataset = eval_loader._dataset
+    return FullSortEvalDataLoader(config, dataset.copy(dataset.inter_feat[keep]), eval_loader._sampler, shuffle=False)

@@ -10,27 +10,26 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.optim as optim
-from recbole.evaluator import Collector
 from recbole.trainer import Trainer
 from recbole.utils import ModelType
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
 from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError
+from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
 
 
-class CaseGatheringCollector(Collector):
-    """RecBole's evaluation Collector for a multi-process run: its data struct holds the per-case rows
+class CaseGatheringCollector(CaseCollector):
+    """The evaluation collector of a multi-process run: its data struct holds the per-case rows
     of every rank, in case order, so that every rank computes the metrics of all the cases exactly as
     one process does. (RecBole 1.2.1 instead averages the ranks' rounded metrics, weighted by their
     numbers of batches, and counts the cases that its DistributedSampler repeats twice.)"""
 
-    CASE_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
     n_cases = None  # the number of cases of the evaluation under way, set by the trainer
 
     def get_data_struct(self):
         struct = super().get_data_struct()
-        for key in self.CASE_KEYS:
+        for key in CASE_KEYS:
             if key in struct:
                 struct[key] = gather_cases(struct[key].to(self.device), self.n_cases).cpu()
         return struct
@@ -50,9 +49,11 @@ class AlignTrainerMixin:
     * ``checkpoint_file`` (config key) to choose the checkpoint's path; by default RecBole's
       ``<model>-<time>.pth`` with the process id added (runs started together get their own);
     * a clear error when the training loss becomes NaN or infinite (RecBole checks NaN only);
+    * evaluation that scores each case once (:meth:`evaluate_split`): RecBole's metrics of all the
+      cases of a split and of its rating-filtered ones from the same per-case ranks, the ranks kept;
     * an ``epoch_log`` (one dict per epoch: loss, seconds, filtered valid metrics, the metrics of
-      ``epoch_test_loaders`` (the test cases, filtered and unfiltered: never used for model
-      selection) and any statistics a post-training trainer adds) that ends up in the results JSON;
+      ``epoch_test_loader`` (the test cases, filtered and unfiltered, from one pass: never used for
+      model selection) and any statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
     * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
     * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
@@ -65,12 +66,12 @@ class AlignTrainerMixin:
     def __init__(self, config, model):
         with trainer_on_any_device():
             super().__init__(config, model)
-        if not config["single_spec"]:
-            self.eval_collector = CaseGatheringCollector(config)
+        self.eval_collector = (CaseCollector if config["single_spec"] else CaseGatheringCollector)(config)
         if config["mixed_precision"] not in (None, "bf16"):
             raise AlignError(f"mixed_precision must be bf16 or ~ (fp32), got {config['mixed_precision']!r}.")
         self.epoch_log = []
-        self.epoch_test_loaders = {}  # {split: loader} evaluated after every validation (epoch_test_metrics)
+        self.epoch_test_loader = None  # the test cases, evaluated after every validation (epoch_test_metrics)
+        self.last_epoch_test = None  # the SplitResult of the last epoch's test pass
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
@@ -127,10 +128,18 @@ class AlignTrainerMixin:
         valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
         if self.epoch_log:
             entry = self.epoch_log[-1]
-            entry["valid_filtered"] = dict(valid_result)
-            for split, loader in self.epoch_test_loaders.items():
-                entry[split] = dict(self.evaluate(loader, load_best_model=False))
+            entry["valid_filtered"] = plain_metrics(valid_result)
+            if self.epoch_test_loader is not None:
+                self.last_epoch_test = self.evaluate_split(self.epoch_test_loader, "test")
+                entry["test"], entry["test_filtered"] = self.last_epoch_test.metrics, self.last_epoch_test.filtered_metrics
         return valid_score, valid_result
+
+    def evaluate_split(self, loader, phase, load_best_model=False):
+        """One scoring pass over the cases of a full-sort ``loader`` of split ``phase``: a
+        :class:`~recbole_align.evaluator.cases.SplitResult` with RecBole's metrics of all its cases and
+        of its rating-filtered ones, and each case's rank."""
+        self.evaluate(loader, load_best_model=load_best_model)
+        return evaluate_cases(self.evaluator, self.eval_collector.last_struct, loader, self.config, phase)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

@@ -45,9 +45,9 @@ class DPOTrainer(OnPolicyTrainer):
 
     def batch_loss(self, interaction):
         """Mean dpo_loss over the contexts whose two sampled items the reward head does not tie."""
-        states, reference_states, excluded = self.contexts(interaction)
+        states, reference_states, history = self.contexts(interaction)
         with torch.no_grad():
-            log_pi = log_policy(self.model, states, excluded)
+            log_pi = log_policy(self.model, states, history)
             pairs = sample_distinct_pairs(log_pi, self.sampling_temperature)
             rewards = self.reward(reference_states, pairs)
             chosen, rejected, decided = rank_pairs(pairs, rewards)
@@ -55,7 +55,7 @@ class DPOTrainer(OnPolicyTrainer):
                 self.reference.item_logits(reference_states, items).squeeze(1) for items in (chosen, rejected)
             )
             logged = torch.linspace(0, len(states) - 1, min(len(states), self.kl_log_contexts)).long()
-            log_reference = log_policy(self.reference, reference_states[logged], excluded[logged])
+            log_reference = log_policy(self.reference, reference_states[logged], history[logged])
             kl = exact_kl(log_pi[logged], log_reference).mean()
         losses = dpo_loss(
             self.model.item_logits(states, chosen).squeeze(1), self.model.item_logits(states, rejected).squeeze(1),

@@ -10,27 +10,31 @@ import torch
 from recbole_align.errors import AlignError
 from recbole_align.trainer.align_trainer import AlignTrainer
 
-Contexts = namedtuple("Contexts", "states reference_states excluded")
+Contexts = namedtuple("Contexts", "states reference_states history")
 
 
-def history_mask(item_seq, rows, positions, n_items):
-    """excluded[m, a] = (a = 0, padding) or a ∈ item_seq[rows[m], : positions[m] + 1]: [M, n_items] bool.
+def history_items(item_seq, rows, positions):
+    """The items that the context at position t of history ``rows[m]`` has already seen, which it must
+    not be recommended again (as the evaluation excludes them): item_seq[rows[m], : positions[m] + 1]
+    with the later items replaced by padding (item 0, always excluded): [M, window] item ids.
 
-    The items that the context at position t of a history has already seen, which it must not be
-    recommended again (as the evaluation excludes them): scattered from the [M, window] history
-    indices, as the evaluator does, with the items after position t replaced by padding.
-    """
+    Excluding them costs O(M window) (a scatter of -inf), and no [M, n_items] mask is built."""
     history = item_seq[rows]
     later = torch.arange(history.size(1), device=item_seq.device) > positions.unsqueeze(1)
-    excluded = torch.zeros(len(rows), n_items, dtype=torch.bool, device=item_seq.device)
-    excluded[:, 0] = True
-    return excluded.scatter_(1, history.masked_fill(later, 0), True)
+    return history.masked_fill(later, 0)
 
 
-def log_policy(model, states, excluded, temperature=1.0):
-    """log π(a|s) = log softmax_{a not excluded}(logit(s, a) / temperature): [M, n_items], -inf where excluded."""
-    logits = model.catalogue_logits(states).masked_fill_(excluded, float("-inf"))
-    return torch.log_softmax(logits if temperature == 1 else logits / temperature, dim=-1)
+def masked_logits(model, states, history, temperature=1.0):
+    """logit(s, a) / temperature with -inf at the padding and at the history's items: [M, n_items]."""
+    logits = model.catalogue_logits(states)
+    if temperature != 1:
+        logits = logits.div_(temperature)
+    return logits.scatter_(1, history, float("-inf"))
+
+
+def log_policy(model, states, history, temperature=1.0):
+    """log π(a|s) = log softmax_{a not in history}(logit(s, a) / temperature): [M, n_items], -inf on the history."""
+    return torch.log_softmax(masked_logits(model, states, history, temperature), dim=-1)
 
 
 def sample_items(log_probs, num_samples, temperature=1.0, replacement=True, generator=None):
@@ -74,12 +78,12 @@ def row_chunks(n_rows):
 
 
 @torch.no_grad()
-def sample_with_log_probs(model, states, excluded, num_samples, temperature=1.0):
+def sample_with_log_probs(model, states, history, num_samples, temperature=1.0):
     """K items per context from π(·|s) at ``temperature`` and their log-probabilities: ([M, K], [M, K]),
     computed in chunks of rows so that no [M, n_items] tensor is kept."""
     actions, log_probs = [], []
     for rows in row_chunks(len(states)):
-        log_pi = log_policy(model, states[rows], excluded[rows], temperature)
+        log_pi = log_policy(model, states[rows], history[rows], temperature)
         drawn = sample_items(log_pi, num_samples)
         actions.append(drawn)
         log_probs.append(log_pi.gather(1, drawn))
@@ -87,67 +91,106 @@ def sample_with_log_probs(model, states, excluded, num_samples, temperature=1.0)
 
 
 @torch.no_grad()
-def log_probs_at(model, states, excluded, actions, temperature=1.0):
+def log_probs_at(model, states, history, actions, temperature=1.0):
     """log π(a_mk|s_m) of given items at ``temperature``: [M, K], in chunks of rows (no gradient)."""
     return torch.cat([
-        log_policy(model, states[rows], excluded[rows], temperature).gather(1, actions[rows])
+        log_policy(model, states[rows], history[rows], temperature).gather(1, actions[rows])
         for rows in row_chunks(len(states))
     ])
 
 
-def _masked_log_softmax(states, items, scale, excluded):
-    """log softmax over the items not excluded of scale * states . items: [C, n_items]."""
-    return torch.log_softmax((states @ items.T).mul_(scale).masked_fill_(excluded, float("-inf")), dim=-1)
+@torch.no_grad()
+def log_normaliser(model, states, history, temperature=1.0):
+    """log sum_{a not in history} exp(logit(s_m, a) / temperature): [M], in chunks of rows (no gradient)."""
+    return torch.cat([
+        torch.logsumexp(masked_logits(model, states[rows], history[rows], temperature), dim=-1)
+        for rows in row_chunks(len(states))
+    ])
+
+
+def _logits(states, items, scale, history):
+    """scale * states . items with -inf at the padding and the history's items: [C, n_items]."""
+    logits = (states @ items.T).mul_(scale)
+    logits[:, 0] = float("-inf")
+    return logits.scatter_(1, history, float("-inf"))
+
+
+def _policy_and_log_ratio(states, items, reference_states, reference_items, history, actions, scales,
+                          reference_log_norm):
+    """For one chunk of rows: (π [C, n], log π(a|s) - log π_ref(a|s) [C, n] (0 on the history),
+    log π at ``actions`` [C, K]), with log π = z - log Z and log π_ref = y - reference_log_norm for
+    the masked logits z, y."""
+    scale, reference_scale = scales
+    logits = _logits(states, items, scale, history)
+    log_ratio = torch.sub(logits, _logits(reference_states, reference_items, reference_scale, history))
+    chosen_logits = logits.gather(1, actions)
+    largest = logits.amax(dim=-1, keepdim=True)
+    pi = logits.sub_(largest).exp_()  # in place: exp(z - max z), the chunk's one exp
+    total = pi.sum(dim=-1, keepdim=True)
+    log_norm = total.log() + largest
+    log_ratio.sub_(log_norm - reference_log_norm.unsqueeze(1))
+    log_ratio[:, 0] = 0.0
+    log_ratio.scatter_(1, history, 0.0)
+    return pi.div_(total), log_ratio, chosen_logits.sub_(log_norm)
 
 
 class _LogProbsAndKL(torch.autograd.Function):
     """log π(a_mk|s_m) [M, K] and KL(π(·|s_m) || π_ref(·|s_m)) [M] for π = softmax(scale * s . items) and
-    π_ref likewise, over the items not excluded, in chunks of ROW_CHUNK rows; gradients to the
-    policy's states and item vectors only. Nothing of size [M, n_items] is kept: the backward pass
-    recomputes each chunk and applies, with z the policy's logits,
+    π_ref likewise, over the items not in the history, in chunks of ROW_CHUNK rows; gradients to the
+    policy's states and item vectors only. π_ref's log-normaliser per row (``reference_log_norm``,
+    :func:`log_normaliser`) is given: it is fixed while π changes. Nothing of size [M, n_items] is
+    kept: the backward pass recomputes each chunk and applies, with z the policy's logits,
         d KL_m / d z_ma = π(a|s_m) (log π(a|s_m) - log π_ref(a|s_m) - KL_m)
         d log π(a_mk|s_m) / d z_ma = 1[a = a_mk] - π(a|s_m).
     """
 
     @staticmethod
-    def forward(ctx, states, items, reference_states, reference_items, excluded, actions, scale, reference_scale):
+    def forward(ctx, states, items, reference_states, reference_items, history, actions, scale, reference_scale,
+                reference_log_norm):
         log_probs = states.new_empty(actions.shape)
         kl = states.new_empty(len(states))
+        scales = scale, reference_scale
         for rows in row_chunks(len(states)):
-            log_pi = _masked_log_softmax(states[rows], items, scale, excluded[rows])
-            log_reference = _masked_log_softmax(reference_states[rows], reference_items, reference_scale, excluded[rows])
-            log_probs[rows] = log_pi.gather(1, actions[rows])
-            kl[rows] = (log_pi.exp() * (log_pi - log_reference).masked_fill_(excluded[rows], 0.0)).sum(-1)
-        ctx.save_for_backward(states, items, reference_states, reference_items, excluded, actions, kl)
-        ctx.scales = scale, reference_scale
+            pi, log_ratio, log_probs[rows] = _policy_and_log_ratio(
+                states[rows], items, reference_states[rows], reference_items, history[rows], actions[rows], scales,
+                reference_log_norm[rows],
+            )
+            kl[rows] = log_ratio.mul_(pi).sum(dim=-1)
+        ctx.save_for_backward(states, items, reference_states, reference_items, history, actions, kl, reference_log_norm)
+        ctx.scales = scales
         return log_probs, kl
 
     @staticmethod
     def backward(ctx, grad_log_probs, grad_kl):
-        states, items, reference_states, reference_items, excluded, actions, kl = ctx.saved_tensors
-        scale, reference_scale = ctx.scales
+        states, items, reference_states, reference_items, history, actions, kl, reference_log_norm = ctx.saved_tensors
+        scale = ctx.scales[0]
         grad_states, grad_items = torch.empty_like(states), torch.zeros_like(items)
         for rows in row_chunks(len(states)):
-            log_pi = _masked_log_softmax(states[rows], items, scale, excluded[rows])
-            log_reference = _masked_log_softmax(reference_states[rows], reference_items, reference_scale, excluded[rows])
-            pi = log_pi.exp()
-            grad_logits = (log_pi - log_reference).masked_fill_(excluded[rows], 0.0).sub_(kl[rows].unsqueeze(1))
-            grad_logits.mul_(grad_kl[rows].unsqueeze(1)).sub_(grad_log_probs[rows].sum(1, keepdim=True)).mul_(pi)
-            grad_logits.scatter_add_(1, actions[rows], grad_log_probs[rows]).mul_(scale)
-            grad_states[rows] = grad_logits @ items
-            grad_items.addmm_(grad_logits.T, states[rows])
-        return grad_states, grad_items, None, None, None, None, None, None
+            pi, grad_logits, _ = _policy_and_log_ratio(
+                states[rows], items, reference_states[rows], reference_items, history[rows], actions[rows], ctx.scales,
+                reference_log_norm[rows],
+            )
+            grad_logits.sub_(kl[rows].unsqueeze(1)).mul_(grad_kl[rows].unsqueeze(1))
+            grad_logits.sub_(grad_log_probs[rows].sum(1, keepdim=True)).mul_(pi)
+            grad_logits.scatter_add_(1, actions[rows], grad_log_probs[rows])
+            grad_states[rows] = (grad_logits @ items).mul_(scale)
+            grad_items.addmm_(grad_logits.T, states[rows], alpha=scale)
+        return grad_states, grad_items, None, None, None, None, None, None, None
 
 
-def log_probs_and_kl(model, states, reference, reference_states, excluded, actions, temperature=1.0):
+def log_probs_and_kl(model, states, reference, reference_states, history, actions, temperature=1.0,
+                     reference_log_norm=None):
     """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M] at ``temperature``, with
     gradients to the policy (its states and item vectors), without [M, n_items] tensors
-    (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`)."""
+    (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`).
+    ``reference_log_norm``: π_ref's :func:`log_normaliser` at these contexts, if computed already."""
+    if reference_log_norm is None:
+        reference_log_norm = log_normaliser(reference, reference_states, history, temperature)
     with torch.no_grad():
         reference_items = reference.item_vectors()
     return _LogProbsAndKL.apply(
-        states, model.item_vectors(), reference_states, reference_items, excluded, actions,
-        model.logit_scale / temperature, reference.logit_scale / temperature,
+        states, model.item_vectors(), reference_states, reference_items, history, actions,
+        model.logit_scale / temperature, reference.logit_scale / temperature, reference_log_norm,
     )
 
 
@@ -192,13 +235,13 @@ class OnPolicyTrainer(AlignTrainer):
 
     def contexts(self, interaction):
         """At every valid position m of the batch: the policy's state s_m (with gradient), the BC
-        model's state (no gradient; for π_BC and r̂) and the excluded history items [M, n_items]."""
+        model's state (no gradient; for π_BC and r̂) and the history items to exclude [M, window]."""
         states, _, mask = self.model.position_states(interaction)
         rows, positions = mask.nonzero(as_tuple=True)
-        excluded = history_mask(interaction[self.model.ITEM_SEQ], rows, positions, self.model.n_items)
+        history = history_items(self.model.trimmed(interaction)[self.model.ITEM_SEQ], rows, positions)
         with torch.no_grad():
             reference_states = self.reference.position_states(interaction)[0]
-        return Contexts(states, reference_states, excluded)
+        return Contexts(states, reference_states, history)
 
     @torch.no_grad()
     def reward(self, reference_states, items):

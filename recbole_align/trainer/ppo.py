@@ -13,10 +13,13 @@ from collections import namedtuple
 import torch
 
 from recbole_align.errors import AlignError
-from recbole_align.trainer.on_policy import OnPolicyTrainer, log_probs_and_kl, sample_with_log_probs
+from recbole_align.trainer.on_policy import OnPolicyTrainer, log_normaliser, log_probs_and_kl, sample_with_log_probs
 
+# reference_log_norm: pi_BC's log-normaliser at each context (fixed during the rollout's passes);
 # log_reference: log pi_BC at the sampled items, for a KL estimated on them (GRPO's k3); None for PPO
-Rollout = namedtuple("Rollout", "reference_states excluded actions log_old rewards log_reference", defaults=(None,))
+Rollout = namedtuple(
+    "Rollout", "reference_states history actions log_old rewards reference_log_norm log_reference", defaults=(None,)
+)
 
 
 def clipped_surrogate(log_policy, log_old, advantages, clip_epsilon):
@@ -96,24 +99,26 @@ class PPOTrainer(OnPolicyTrainer):
         own states (so its ratio is 1) at ``sampling_temperature`` (the ratio and the KL are taken on
         the same tempered policies)."""
         if self.passes_done % self.ppo_epochs == 0:
-            states, reference_states, excluded = self.contexts(interaction)
-            self.rollout = self.sample_rollout(states.detach(), reference_states, excluded)
+            states, reference_states, history = self.contexts(interaction)
+            self.rollout = self.sample_rollout(states.detach(), reference_states, history)
         else:
             states = self.model.position_states(interaction)[0]
         self.passes_done += 1
         rollout = self.rollout
         log_pi, kl = log_probs_and_kl(
-            self.model, states, self.reference, rollout.reference_states, rollout.excluded, rollout.actions,
-            self.sampling_temperature,
+            self.model, states, self.reference, rollout.reference_states, rollout.history, rollout.actions,
+            self.sampling_temperature, rollout.reference_log_norm,
         )
         loss, stats = self.rollout_loss(log_pi, kl, rollout)
         self.batch_stats.append({"sample_reward": rollout.rewards.mean(), **stats})
         return loss
 
-    def sample_rollout(self, states, reference_states, excluded):
-        """num_samples items per context from pi_old (the policy now, no gradient), with their rewards."""
-        actions, log_old = sample_with_log_probs(self.model, states, excluded, self.num_samples, self.sampling_temperature)
-        return Rollout(reference_states, excluded, actions, log_old, self.reward(reference_states, actions))
+    def sample_rollout(self, states, reference_states, history):
+        """num_samples items per context from pi_old (the policy now, no gradient), with their rewards, and
+        pi_BC's log-normalisers, which every pass over the rollout reuses."""
+        actions, log_old = sample_with_log_probs(self.model, states, history, self.num_samples, self.sampling_temperature)
+        reference_log_norm = log_normaliser(self.reference, reference_states, history, self.sampling_temperature)
+        return Rollout(reference_states, history, actions, log_old, self.reward(reference_states, actions), reference_log_norm)
 
     def rollout_loss(self, log_pi, kl, rollout):
         """(loss, stats) of one pass: :func:`ppo_loss` at log pi_theta of the rollout's items and the exact KL."""

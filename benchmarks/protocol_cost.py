@@ -1,0 +1,108 @@
+"""The cost of the paper's protocol (BC 40 epochs, then six methods x 30 epochs, per-epoch test metrics
+on), measured in miniature at this code and at an older commit side by side, on one thread.
+
+    git worktree add /tmp/recbole-align-59b9b81 59b9b81
+    OMP_NUM_THREADS=1 python benchmarks/protocol_cost.py --data_path=../shared/data --dataset=ml-1m-half \\
+        --old=/tmp/recbole-align-59b9b81 --output_dir=benchmarks/results/protocol_cost
+
+For each row (BC with the reward head, then each method for one epoch from that BC checkpoint) the old
+and the new tree run one after the other, each a fresh ``python -m recbole_align`` process with the
+tree on ``PYTHONPATH``, so both see the same load. A row's seconds per epoch are its run's
+``train_seconds`` (one epoch's training, its valid and test evaluation, the checkpoint); the rest of
+the process's wall time (data loading, the end-of-run evaluation, Avg Reward) is its fixed cost. One
+full seed = BC 40 epochs + every method 30 epochs + each run's fixed cost once, in core-minutes.
+Writes ``protocol_cost.json`` (every measurement, the machine, the date, the command) and ``table.md``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("ExpRSFT", "RSFT", "DRPO", "PPO", "GRPO", "DPO")
+PROTOCOL_EPOCHS = {"BC": 40, **{method: 30 for method in METHODS}}
+
+
+def timed_run(tree, scratch, name, model, overrides):
+    """(results dict, wall seconds) of one run ``name`` of ``python -m recbole_align`` from code ``tree``."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    results_file = scratch / f"{name}.json"
+    command = [sys.executable, "-m", "recbole_align", f"--model={model}", f"--checkpoint_file={scratch / name}.pth",
+               f"--results_file={results_file}", f"--checkpoint_dir={scratch}", "--show_progress=False",
+               "--state=WARNING", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    subprocess.run(command, cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return json.loads(results_file.read_text()), time.perf_counter() - start
+
+
+def measure(args):
+    """One row per (run, tree): seconds per epoch and fixed seconds."""
+    data = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", "--epochs=1", "--epoch_test_metrics=True"]
+    trees = {"new": REPO, "old": Path(args.old).resolve()}
+    rows = []
+    for model in ("BC", *METHODS):
+        for label, tree in trees.items():
+            scratch = Path(args.output_dir) / "runs" / label
+            if model == "BC":
+                results, wall = timed_run(tree, scratch, model, "HSTU", [*data, "--reward_head=True"])
+            else:
+                results, wall = timed_run(tree, scratch, model, model, [*data, f"--pretrained_checkpoint={scratch / 'BC.pth'}"])
+            rows.append({
+                "run": model, "code": label, "seconds_per_epoch": results["train_seconds"],
+                "training_seconds": results["seconds_per_epoch"], "fixed_seconds": wall - results["train_seconds"],
+                "test_ndcg@10_filtered": results["test_filtered"]["ndcg@10"],
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def summarise(rows):
+    """The table: per row, old and new seconds per epoch, the ratio, and a full seed in core-minutes."""
+    frame = pd.DataFrame(rows)
+    per_epoch = frame.pivot(index="run", columns="code", values="seconds_per_epoch").loc[["BC", *METHODS]]
+    fixed = frame.pivot(index="run", columns="code", values="fixed_seconds").loc[per_epoch.index]
+    epochs = pd.Series(PROTOCOL_EPOCHS)[per_epoch.index]
+    seed_minutes = (per_epoch.mul(epochs, axis=0) + fixed) / 60
+    table = pd.DataFrame({
+        "s/epoch, old": per_epoch["old"], "s/epoch, new": per_epoch["new"],
+        "speed-up": per_epoch["old"] / per_epoch["new"],
+        "x BC epoch, new": per_epoch["new"] / per_epoch.loc["BC", "new"],
+        "epochs": epochs, "core-min, old": seed_minutes["old"], "core-min, new": seed_minutes["new"],
+    })
+    table.loc["one seed"] = {"core-min, old": seed_minutes["old"].sum(), "core-min, new": seed_minutes["new"].sum(),
+                             "speed-up": seed_minutes["old"].sum() / seed_minutes["new"].sum()}
+    return table
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--dataset", default="ml-1m-half")
+    parser.add_argument("--old", required=True, help="a checkout of the older commit (git worktree)")
+    parser.add_argument("--output_dir", default="benchmarks/results/protocol_cost")
+    args = parser.parse_args(argv)
+    rows = measure(args)
+    table = summarise(rows)
+    out = Path(args.output_dir)
+    old_commit = subprocess.run(["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    new_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {
+        "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "threads": 1, "old_commit": old_commit, "new_commit": new_commit, "rows": rows,
+    }
+    (out / "protocol_cost.json").write_text(json.dumps(record, indent=2))
+    (out / "table.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
+    print(table.to_markdown(floatfmt=".2f"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Per-case evaluation: each case of a split scored once, the metrics of all its cases and of its
+rating-filtered cases computed from the same per-case results, and those results kept per case."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from recbole.evaluator import Collector
+from recbole.evaluator.collector import DataStruct
+
+from recbole_align.evaluator.filtering import rating_filter
+
+# The collector's per-case keys (one row per case); its other keys describe the data set.
+CASE_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
+
+
+class CaseCollector(Collector):
+    """RecBole's evaluation Collector that always keeps each case's rank (``rec.meanrank``, also when
+    no metric asks for it), computed by counting rather than by sorting the catalogue:
+
+        rank_i = #{a : s_ia > s_i,target} + (#{a : s_ia = s_i,target} + 1) / 2,
+
+    the average rank of the target among its ties, which is RecBole's value (``_average_rank`` of
+    the descending sort), at O(n_items) per case instead of O(n_items log n_items). The candidate
+    count (RecBole's ``user_len_list``, the position of the first lowest score) is
+    #{a : s_ia > min_a s_ia}."""
+
+    last_struct = None  # the struct of the last evaluation (see get_data_struct)
+
+    def __init__(self, config):
+        super().__init__(config)
+        setattr(self.register, "rec.meanrank", False)  # collected below, for every metric set
+
+    def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
+        super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
+        target_score = scores_tensor[positive_u, positive_i].unsqueeze(1)
+        rows = scores_tensor[positive_u]
+        ranks = (rows > target_score).sum(1) + ((rows == target_score).sum(1) + 1) / 2
+        n_cases = len(scores_tensor)
+        pos_rank_sum = scores_tensor.new_zeros(n_cases).index_add_(0, positive_u, ranks.to(scores_tensor.dtype))
+        pos_len = torch.bincount(positive_u, minlength=n_cases)
+        candidates = (scores_tensor > scores_tensor.min(dim=1, keepdim=True).values).sum(1)
+        mean_rank = torch.stack((pos_rank_sum.float(), candidates.float(), pos_len.float()), dim=1)
+        self.data_struct.update_tensor("rec.meanrank", mean_rank)
+
+    def get_data_struct(self):
+        """RecBole's struct of the evaluation that ended, also kept as ``last_struct``."""
+        self.last_struct = super().get_data_struct()
+        return self.last_struct
+
+
+def case_subset(struct, keep):
+    """The DataStruct of the cases where ``keep`` [N] bool is True (the other keys as they are)."""
+    subset = DataStruct()
+    for key, value in struct._data_dict.items():
+        subset.set(key, value[keep] if key in CASE_KEYS else value)
+    return subset
+
+
+@dataclass
+class SplitResult:
+    """One scoring pass over a split's cases: RecBole's metrics of all of them and of the filtered
+    ones, and per case (in the loader's order) the target's rank and rating and the user."""
+
+    metrics: dict
+    filtered_metrics: dict
+    rank: np.ndarray
+    rating: np.ndarray
+    user_id: np.ndarray
+    keep: np.ndarray
+
+    def per_case(self, prefix):
+        """The per-case arrays as ``{prefix}_rank`` etc. (for a results ``.npz``)."""
+        return {f"{prefix}_{name}": getattr(self, name) for name in ("user_id", "rating", "rank", "keep")}
+
+
+def plain_metrics(result):
+    """RecBole's metric dict with plain floats (numpy 2 prints its scalars as ``np.float64(...)``)."""
+    return {key: float(value) for key, value in result.items()}
+
+
+def evaluate_cases(evaluator, struct, loader, config, phase):
+    """A :class:`SplitResult` from the collected ``struct`` of ``loader``'s cases: the filtered cases
+    are those whose held-out item was rated >= ``eval_rating_threshold`` (all cases when ``~``)."""
+    dataset = loader._dataset
+    keep = rating_filter(config, loader, phase)
+    keep = np.ones(len(dataset), dtype=bool) if keep is None else keep.numpy()
+    rating_field = config["RATING_FIELD"]
+    if rating_field in dataset.inter_feat:
+        rating = dataset.inter_feat[rating_field].numpy().astype(float)
+    else:
+        rating = np.full(len(dataset), np.nan)
+    metrics = plain_metrics(evaluator.evaluate(struct))
+    filtered = metrics if keep.all() else plain_metrics(evaluator.evaluate(case_subset(struct, torch.from_numpy(keep))))
+    uid_field = config["USER_ID_FIELD"]
+    user_id = dataset.id2token(uid_field, dataset.inter_feat[uid_field].numpy()).astype(str)
+    mean_rank = struct.get("rec.meanrank")
+    return SplitResult(metrics, filtered, (mean_rank[:, 0] / mean_rank[:, 2]).numpy(), rating, user_id, keep)

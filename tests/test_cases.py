@@ -1,0 +1,101 @@
+"""Per-case evaluation (one scoring pass per split, the per-case results file) and paired statistics."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from recbole.data import data_preparation
+from recbole.evaluator import Collector
+from test_data_and_evaluation import config_for, generated_frame
+
+from conftest import run_in_process, tiny, write_atomic
+from recbole_align.data import load_dataset
+from recbole_align.evaluator import rating_filtered_loader
+from recbole_align.evaluator.cases import CaseCollector
+from recbole_align.evaluator.paired import case_metric, paired_difference, read_cases
+from recbole_align.quick_start import main as run_main
+from recbole_align.registry import MODELS
+
+COLLECTOR_CONFIG = {"metrics": ["Hit", "NDCG", "FullMRR"], "topk": [3, 10], "eval_args": {"mode": "full"}, "device": "cpu"}
+
+
+def test_counted_ranks_equal_recbole_sorted_ranks_with_ties():
+    torch.manual_seed(0)
+    scores = torch.randint(0, 6, (50, 30)).float()  # many ties
+    scores[:, 0] = -np.inf
+    scores[:5, 1:4] = -np.inf  # history items
+    positive_u, positive_i = torch.arange(50), torch.randint(1, 30, (50,))
+    ours, recbole = CaseCollector(COLLECTOR_CONFIG), Collector(COLLECTOR_CONFIG)
+    for collector in (ours, recbole):
+        collector.eval_batch_collect(scores, None, positive_u, positive_i)
+    ours, recbole = ours.get_data_struct(), recbole.get_data_struct()
+    assert torch.equal(ours.get("rec.meanrank"), recbole.get("rec.meanrank"))
+    assert torch.equal(ours.get("rec.topk"), recbole.get("rec.topk"))
+
+
+def test_one_pass_gives_the_filtered_loader_metrics_and_the_ranks(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
+    config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
+                              eval_rating_threshold=4.5, topk=[5, 10])
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset))
+    result = trainer.evaluate_split(test, "test")
+    assert result.metrics == {k: float(v) for k, v in trainer.evaluate(test, load_best_model=False).items()}
+    filtered = trainer.evaluate(rating_filtered_loader(config, test, "test"), load_best_model=False)
+    assert result.filtered_metrics == {k: float(v) for k, v in filtered.items()}
+    assert result.keep.sum() == 15 and (result.rating[result.keep] == 5).all()
+    assert np.mean(1 / result.rank[result.keep]) == pytest.approx(result.filtered_metrics["mrr"], abs=1e-4)
+    assert np.mean(case_metric(result.rank, "ndcg@10")) == pytest.approx(result.metrics["ndcg@10"], abs=1e-4)
+    assert np.mean(case_metric(result.rank, "hit@5")) == pytest.approx(result.metrics["hit@5"], abs=1e-4)
+
+
+def test_a_run_writes_its_per_case_results(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
+    args = tiny("--model=HSTU", "--dataset=gen", f"--data_path={data_path}", "--epochs=3", "--topk=[5,10]",
+                "--MAX_ITEM_LIST_LENGTH=5", f"--results_file={tmp_path / 'r.json'}", f"--checkpoint_dir={tmp_path}")
+    status, errors = run_in_process(tmp_path, run_main, *args)
+    assert status == 0, errors
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["cases_file"] == str(tmp_path / "r.cases.npz")
+    with np.load(results["cases_file"]) as cases:
+        assert cases["best_epoch"] == results["best_epoch"] and cases["final_epoch"] == 2
+        assert len(cases["test_rank"]) == results["n_test"] and cases["test_keep"].sum() == results["n_test_filtered"]
+        if results["best_epoch"] == 2:
+            assert np.array_equal(cases["test_rank"], cases["test_rank_final"])
+    for split in ("valid", "test"):
+        for filtered in (False, True):
+            ranks = read_cases(results["cases_file"], split, filtered=filtered)
+            metrics = results[f"{split}_filtered" if filtered else split]
+            assert case_metric(ranks, "ndcg@10").mean() == pytest.approx(metrics["ndcg@10"], abs=1e-4)
+    final = read_cases(results["cases_file"], "test", view="final")
+    last_epoch = results["epoch_log"][-1]["test_filtered"]
+    assert case_metric(final, "hit@10").mean() == pytest.approx(last_epoch["hit@10"], abs=1e-4)
+
+
+def ranks(values, users=None):
+    return pd.Series(np.asarray(values, dtype=float), index=pd.Index(users or [f"u{i}" for i in range(len(values))]))
+
+
+def test_paired_bootstrap_finds_a_known_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    base = rng.integers(1, 40, 400).astype(float)
+    better = np.maximum(base - 5, 1)  # every case moves up 5 places: a real gain
+    gain = paired_difference([ranks(better)], [ranks(base)], "ndcg@10")
+    assert gain["significant"] and gain["low"] > 0 and gain["difference"] > 0 and gain["cases"] == 400
+    shuffled = rng.permutation(base)  # the same ranks dealt to other cases: no systematic difference
+    null = paired_difference([ranks(shuffled)], [ranks(base)], "ndcg@10")
+    assert null["low"] < 0 < null["high"] and not null["significant"]
+    same = paired_difference([ranks(base)], [ranks(base)], "hit@10")
+    assert same["difference"] == 0 and same["low"] == same["high"] == 0 and not same["significant"]
+
+
+def test_paired_bootstrap_pools_seeds_case_by_case():
+    a = [ranks([1, 2, 3, 20]), ranks([2, 1, 30, 4])]
+    b = [ranks([2, 2, 3, 20]), ranks([2, 3, 30, 4])]
+    pooled = paired_difference(a, b, "mrr")
+    per_case = np.mean([1 / a[s].to_numpy() - 1 / b[s].to_numpy() for s in range(2)], axis=0)
+    assert pooled["difference"] == pytest.approx(per_case.mean()) and pooled["seeds"] == 2
+    with pytest.raises(Exception, match="same cases"):
+        paired_difference([ranks([1, 2])], [ranks([1, 2], users=["x", "y"])])
