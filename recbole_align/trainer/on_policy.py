@@ -83,10 +83,12 @@ def sample_with_log_probs(model, states, history, num_samples, temperature=1.0):
     computed in chunks of rows so that no [M, n_items] tensor is kept."""
     actions, log_probs = [], []
     for rows in row_chunks(len(states)):
-        log_pi = log_policy(model, states[rows], history[rows], temperature)
-        drawn = sample_items(log_pi, num_samples)
+        logits = masked_logits(model, states[rows], history[rows], temperature)
+        largest = logits.amax(dim=-1, keepdim=True)
+        weights = (logits - largest).exp_()  # π up to its normaliser: multinomial normalises it
+        drawn = torch.multinomial(weights, num_samples, replacement=True)
         actions.append(drawn)
-        log_probs.append(log_pi.gather(1, drawn))
+        log_probs.append(logits.gather(1, drawn).sub_(largest).sub_(weights.sum(dim=-1, keepdim=True).log_()))
     return torch.cat(actions), torch.cat(log_probs)
 
 
