@@ -48,7 +48,7 @@ def _register_builtin_models():
 
     register_model("HSTU", HSTU, AlignTrainer)
     register_model("BC", HSTU, AlignTrainer, on_backbone=True)  # behaviour cloning of the backbone
-    for name in ("ExpRSFT", "RSFT", "DRPO"):
+    for name in ("ExpRSFT", "RSFT", "DRPO", "ContinuedBC"):
         register_model(name, HSTU, RewardWeightedTrainer, post_training=True)
     register_model("PPO", HSTU, PPOTrainer, post_training=True)
     register_model("DPO", HSTU, DPOTrainer, post_training=True)

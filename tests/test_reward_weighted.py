@@ -29,6 +29,7 @@ from recbole_align.trainer.reward_weighted import (
     top_fraction,
     training_returns,
     trajectory_weights,
+    uniform_weights,
     window_returns,
     window_sums,
 )
@@ -66,11 +67,21 @@ def test_exp_weights_do_not_overflow_at_lambda_001():
     assert sum_normalized(losses, w) == pytest.approx(1.5)  # the two 5-star positions, equally weighted
 
 
-def test_linear_weights_raw_and_rescaled():
+def test_linear_weights_raw_rescaled_and_standardised():
     ratings = R([1.0, 4.0, 5.0])
-    assert linear_weights(ratings, {"rescale_rewards": False}).tolist() == [1.0, 4.0, 5.0]
-    rescaled = linear_weights(ratings, {"rescale_rewards": True, "reward_min": 1.0, "reward_max": 5.0})
+    raw = {"rescale_rewards": False, "standardize_rewards": False}
+    assert linear_weights(ratings, raw).tolist() == [1.0, 4.0, 5.0]
+    rescaled = linear_weights(ratings, {**raw, "rescale_rewards": True, "reward_min": 1.0, "reward_max": 5.0})
     assert rescaled.tolist() == [0.0, 0.75, 1.0]
+    settings = resolve_settings(settings_config(reward_weighting="linear", standardize_rewards=True), ratings.double())
+    standardised = linear_weights(ratings.double(), settings)
+    assert standardised.mean().item() == pytest.approx(0) and standardised.std(correction=0).item() == pytest.approx(1)
+    assert standardised[0] < 0 < standardised[2]  # below-mean ratings push their items down
+
+
+def test_uniform_weights_make_the_loss_the_bc_loss():
+    ratings, losses = R([1.0, 4.0, 5.0]), R([2.0, 1.0, 3.0])
+    assert mean_normalized(losses, uniform_weights(ratings, {})) == pytest.approx(losses.mean().item())
 
 
 def test_normalizations():
@@ -255,7 +266,7 @@ def test_config_errors(changes, message):
 
 
 def settings_config(**changes):
-    keys = ("reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
+    keys = ("reward_max", "reward_min", "rescale_rewards", "standardize_rewards", "drpo_variant", "drpo_keep_fraction",
             "drpo_threshold", "drpo_tie_margin", "drpo_beta", "trajectory_length")
     return {**dict.fromkeys(keys), **BASE, **changes}
 
@@ -273,6 +284,10 @@ def test_settings_from_the_data_and_their_errors():
         resolve_settings(settings_config(reward_weighting="linear", rescale_rewards=False), ratings - 2)
     with pytest.raises(AlignError, match="cannot rescale ratings"):
         resolve_settings(settings_config(reward_weighting="linear", rescale_rewards=True), torch.ones(3))
+    with pytest.raises(AlignError, match="cannot standardise ratings"):
+        resolve_settings(settings_config(reward_weighting="linear", standardize_rewards=True), torch.ones(3))
+    with pytest.raises(AlignError, match="rescale_rewards or standardize_rewards, not both"):
+        resolve_settings(settings_config(reward_weighting="linear", standardize_rewards=True, rescale_rewards=True), ratings)
 
 
 # ---- end to end: CLI runs on a slice of ml-100k -------------------------------------------------

@@ -29,7 +29,7 @@ DRPO_VARIANTS = ("adaptive", "fixed", "exp")
 STAT_KEYS = ("mean_weight", "ess_share", "drpo_keep_fraction")  # per-epoch statistics, in log order
 # config keys the weight functions read; reward_max/reward_min default to the training data's range
 SETTING_KEYS = (
-    "reward_lambda", "reward_max", "reward_min", "rescale_rewards", "drpo_variant", "drpo_keep_fraction",
+    "reward_lambda", "reward_max", "reward_min", "rescale_rewards", "standardize_rewards", "drpo_variant", "drpo_keep_fraction",
     "drpo_threshold", "drpo_tie_margin", "drpo_beta", "reward_scope", "trajectory_length",
 )
 
@@ -51,9 +51,20 @@ def exp_weights(rewards, settings):
 
 
 def linear_weights(rewards, settings):
-    """RSFT (Mukherjee et al., the Exp-RSFT paper's Reward-SFT baseline): w = r, the raw rating, or with
-    ``rescale_rewards`` w = (r - r_min) / (r_max - r_min) in [0, 1]."""
+    """RSFT (Mukherjee et al., the Exp-RSFT paper's Reward-SFT baseline): w = r, the raw rating; with
+    ``rescale_rewards`` w = (r - r_min) / (r_max - r_min) in [0, 1]; with ``standardize_rewards``
+    w = (r - μ) / σ, μ and σ the mean and (population) standard deviation of the training ratings
+    (the standardisation the Exp-RSFT paper ascribes to Mukherjee et al.; below-mean ratings get
+    negative weights, which push their items' probability down)."""
+    if settings["standardize_rewards"]:
+        return (rewards - settings["reward_mean"]) / settings["reward_std"]
     return rescaled(rewards, settings) if settings["rescale_rewards"] else rewards
+
+
+def uniform_weights(rewards, settings):
+    """The "more training" control (ContinuedBC): w = 1 for every position, i.e. the BC loss trained on
+    with the post-training settings, the row a reward weighting must beat to matter."""
+    return torch.ones_like(rewards)
 
 
 def rescaled(rewards, settings):
@@ -108,7 +119,7 @@ def drpo_weights(rewards, settings):
     return weights
 
 
-WEIGHTS = {"exp": exp_weights, "linear": linear_weights, "drpo": drpo_weights}
+WEIGHTS = {"exp": exp_weights, "linear": linear_weights, "drpo": drpo_weights, "uniform": uniform_weights}
 
 
 def window_sums(ratings, mask, length):
@@ -294,6 +305,8 @@ def resolve_settings(config, ratings):
     settings = {key: config[key] for key in SETTING_KEYS}
     settings["reward_scope"] = settings["reward_scope"] or "item"  # RSFT and DRPO leave it unset
     r_min, r_max = ratings.min().item(), ratings.max().item()
+    std, mean = torch.std_mean(ratings, correction=0)
+    settings["reward_mean"], settings["reward_std"] = mean.item(), std.item()
     settings["reward_max"] = r_max if settings["reward_max"] is None else settings["reward_max"]
     settings["reward_min"] = r_min if settings["reward_min"] is None else settings["reward_min"]
     weighting, variant = config["reward_weighting"], settings["drpo_variant"]
@@ -308,7 +321,10 @@ def resolve_settings(config, ratings):
             settings["reward_max"] > settings["reward_min"],
             f"cannot rescale ratings to [0, 1]: reward_min = reward_max = {settings['reward_max']:g}.",
         )
-    if weighting == "linear" and not settings["rescale_rewards"]:
+    if weighting == "linear" and settings["standardize_rewards"]:
+        _require(not settings["rescale_rewards"], "RSFT takes rescale_rewards or standardize_rewards, not both.")
+        _require(settings["reward_std"] > 0, f"cannot standardise ratings: every training rating is {r_max:g}.")
+    elif weighting == "linear" and not settings["rescale_rewards"]:
         _require(r_min >= 0, f"RSFT weights w = r need ratings >= 0 (min {r_min:g}); set rescale_rewards: True.")
     if weighting == "drpo" and variant == "fixed":
         _require(
