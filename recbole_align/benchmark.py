@@ -41,6 +41,8 @@ import os
 import platform
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from numbers import Real
 from pathlib import Path
@@ -63,7 +65,7 @@ from recbole_align.trainer.align_trainer import last_state_file
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where the runs' processes import recbole_align from
 
-METHODS = ("BC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO", "GRPO")
+METHODS = ("BC", "ContinuedBC", "ExpRSFT", "RSFT", "DRPO", "PPO", "DPO", "GRPO")
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
 
 
@@ -149,12 +151,16 @@ def execute(run, dataset, output_dir, config_files, user_args):
     return time() - start
 
 
-VARIANTS = {"RSFT": (("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}))}  # rows beyond the method's own
+VARIANTS = {  # rows beyond the method's own
+    "RSFT": (("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}), ("RSFT standardised", {"standardize_rewards": True})),
+}
 SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
 METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials for every row
+    "ContinuedBC": {"train_batch_size": (64, 128)},
     "ExpRSFT": {"reward_lambda": (0.5, 1.0)},
     "RSFT": {"weight_normalization": ("mean", "sum")},
     "RSFT rescaled": {"weight_normalization": ("mean", "sum")},
+    "RSFT standardised": {"weight_normalization": ("mean", "sum")},
     "DRPO": {"drpo_keep_fraction": (0.25, 0.5)},
     "PPO": {"kl_coef": (0.01, 0.1)},
     "DPO": {"dpo_beta": (0.1, 0.5)},
@@ -583,29 +589,40 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     return "\n\n".join(parts)
 
 
-def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage=""):
-    """Run ``runs`` in order (each post-training run from its seed's BC), printing progress."""
-    start, spent = time(), {}
-    for index, run in enumerate(runs, 1):
+def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage="", jobs=1):
+    """Run ``runs``, ``jobs`` processes at a time: the BC runs and the baselines first, then every
+    post-training run from its seed's BC; printing progress."""
+    start, spent, done, lock = time(), {}, [0], threading.Lock()
+
+    def one(run):
         if run.label != "BC" and run.model not in baselines:
             bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
             if bc.results is None:
                 run.error = f"its BC run failed ({bc.error})"
-                print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
-                continue
+                with lock:
+                    done[0] += 1
+                    print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
+                return
             run.settings["pretrained_checkpoint"] = bc_checkpoint_of(bc.results)
         seconds = execute(run, dataset, output_dir, config_files, user_args)
         if run.label == "BC" and run.model != "BC" and run.results is not None:
             run.results.update(training_costs(run.results["pretrained_checkpoint"]))
-        if seconds:
-            for key in {run.label, kind(run)}:
-                spent.setdefault(key, []).append(seconds)
-        left = remaining_seconds(runs[index:], spent)
-        status = (f"failed: {run.error}" if run.error else
-                  f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
-                  + (" (reused)" if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
-        print(f"{stage}[{index}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
-              f"~{left:.0f} s left", flush=True)
+        with lock:
+            done[0] += 1
+            if seconds:
+                for key in {run.label, kind(run)}:
+                    spent.setdefault(key, []).append(seconds)
+            left = remaining_seconds([r for r in runs if r.results is None and r.error is None], spent) / jobs
+            status = (f"failed: {run.error}" if run.error else
+                      f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
+                      + (" (reused)" if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
+            print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
+                  f"~{left:.0f} s left", flush=True)
+
+    first = [run for run in runs if run.label == "BC" or run.model in baselines]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for group in (first, [run for run in runs if not any(run is f for f in first)]):
+            list(pool.map(one, group))
 
 
 def run_benchmark(args, user_args):
@@ -653,12 +670,12 @@ def run_benchmark(args, user_args):
     start, tuning, chosen = time(), None, None
     if args.tune:
         trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs, given)
-        execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, stage="tuning ")
+        execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, "tuning ", args.jobs)
         chosen = tuning_choice(trials)
         tuning = (trials, chosen)
     runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen,
                 given, noise_levels)
-    execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args)  # the tuning seed's: reused
+    execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args, jobs=args.jobs)  # tuning's: reused
     labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
     return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning,
                          noise_levels)
@@ -689,6 +706,8 @@ def main(argv=None):
     parser.add_argument("--trace", action="store_true",
                         help="add every post-training run's per-epoch table (valid metric and trainer statistics)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time (each its own process; BC runs first, then the methods from them)")
     parser.add_argument("--output_dir", default=None, help="default: benchmark/<dataset>-<backbone>")
     args, _ = parse_command_line(parser, argv)
     print(run_benchmark(args, args.override_args))

@@ -266,3 +266,22 @@ def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
     csv = pd.read_csv(tmp_path / "noise_sweep.csv")
     assert len(csv) == 2 * 7 and set(csv.view) == {"final", "best"}
     assert (tmp_path / "noise_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_parallel_jobs_run_every_bc_before_the_methods_that_start_from_it(monkeypatch, tmp_path):
+    from recbole_align import benchmark
+
+    started, lock = [], __import__("threading").Lock()
+
+    def fake_execute(run, dataset, output_dir, config_files, user_args):
+        with lock:
+            started.append((run.label, run.seed, run.settings.get("pretrained_checkpoint")))
+        time.sleep(0.01)
+        run.results = {"checkpoint": f"bc-{run.seed}.pth", "test_filtered": {"ndcg@10": 0.1}}
+        return 1.0
+
+    monkeypatch.setattr(benchmark, "execute", fake_execute)
+    runs = benchmark.plan([1, 2], ["BC", "ExpRSFT", "PPO"], [], [], "HSTU", 2, 3, {})
+    benchmark.execute_all(runs, [], "ml-100k", tmp_path, [], [], jobs=3)
+    assert sorted(label for label, _, _ in started[:2]) == ["BC", "BC"] and len(started) == len(runs) == 6
+    assert all(checkpoint == f"bc-{seed}.pth" for label, seed, checkpoint in started if label != "BC")
