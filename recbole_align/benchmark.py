@@ -49,6 +49,7 @@ from pathlib import Path
 from time import time
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recbole_align.cli import exit_on_error, parse_command_line
@@ -56,6 +57,7 @@ from recbole_align.config import command_line_overrides, resolve_model
 from recbole_align.data import EVAL_SPLITS
 from recbole_align.diagnostics import PREDICTORS, run_diagnostics
 from recbole_align.errors import AlignError
+from recbole_align.evaluator.paired import paired_difference, read_cases
 from recbole_align.pretrained import read_pretrained
 from recbole_align.report import (
     COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
@@ -535,6 +537,16 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     else:
         parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs with a reward head is on "
                      "disk (any more).")
+    for view, title in (("final", "the final epoch of the budget"), ("best", "the best validation epoch")):
+        paired = paired_tables(runs, labels, view)
+        if paired is None:
+            continue
+        parts += [f"## Paired differences at {title} (rating-filtered test cases)",
+                  f"The paired bootstrap over the {sample['n_test_filtered']} cases (10,000 resamples; per case, the "
+                  f"difference averaged over the seeds both rows finished): mean difference A - B, % of B, and its 95% "
+                  f"interval; * marks an interval that excludes 0. BC at its best epoch, the starting checkpoint.",
+                  paired[0]]
+        write_records(output_dir / f"paired_{view}.csv", paired[1])
     costs = aggregate(runs, "test_filtered")
     write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
     parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
@@ -587,6 +599,48 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     ]
     (output_dir / "table.md").write_text("\n\n".join(parts) + "\n")
     return "\n\n".join(parts)
+
+
+def comparisons(labels):
+    """The paired comparisons (A, B): every post-training row against BC and against the ContinuedBC
+    control, and Exp-RSFT against every RSFT row."""
+    post = [label for label in labels if label not in ("BC",)]
+    pairs = [(label, "BC") for label in post]
+    if "ContinuedBC" in labels:
+        pairs += [(label, "ContinuedBC") for label in post if label != "ContinuedBC"]
+    pairs += [(a, b) for a in labels if a.startswith("ExpRSFT") for b in labels if b.startswith("RSFT")]
+    return pairs
+
+
+def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
+    """(markdown, records) of the paired bootstrap comparisons (:func:`comparisons`) on the rating-filtered
+    test cases at ``view`` (``final`` or ``best``; BC always at its best epoch, the starting checkpoint):
+    the difference of the seeds' mean per case and its 95% interval, pooled over the seeds that both
+    rows finished, and per seed; None when no run wrote per-case results."""
+    cases = {(r.label, r.seed): r.results.get("cases_file") for r in runs if r.results is not None}
+    cases = {key: path for key, path in cases.items() if path and Path(path).is_file()}
+    rows, records = [], []
+    for a, b in comparisons(labels):
+        seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
+        if not seeds:
+            continue
+        ranks = {label: [read_cases(cases[label, seed], view="best" if label == "BC" else view) for seed in seeds]
+                 for label in (a, b)}
+        for metric in metrics:
+            pooled = paired_difference(ranks[a], ranks[b], metric)
+            per_seed = [paired_difference([x], [y], metric) for x, y in zip(ranks[a], ranks[b])]
+            records += [{"a": a, "b": b, "metric": metric, "seed": seed, **result}
+                        for seed, result in [("pooled", pooled), *zip(seeds, per_seed)]]
+            rows.append({
+                "A vs B": f"{a} vs {b}", "metric": metric, "A": f"{pooled['mean_a']:.4f}", "B": f"{pooled['mean_b']:.4f}",
+                "difference": f"{pooled['difference']:+.4f} ({100 * pooled['relative']:+.1f}%)",
+                "95% CI": f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]" + (" *" if pooled["significant"] else ""),
+                "per seed": "; ".join(f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" + (" *" if r["significant"] else "")
+                                      for r in per_seed),
+            })
+    if not rows:
+        return None
+    return pd.DataFrame(rows).to_markdown(index=False), records
 
 
 def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage="", jobs=1):

@@ -62,18 +62,22 @@ def benchmark(cwd, data_path, *args):
 
 
 def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
-    process = benchmark(tmp_path, ml100k_slice)
+    process = benchmark(tmp_path, ml100k_slice, "--jobs=2")
     assert process.returncode == 0, process.stderr[-3000:]
     out = tmp_path / "out"
     for name in ("table.md", "table.csv", "table_final.csv", "unfiltered.csv", "reward_model.csv", "cost.csv", "epochs.png",
-                 "lambda_sweep.png", "baselines.png"):
+                 "lambda_sweep.png", "baselines.png", "paired_final.csv", "paired_best.csv"):
         assert (out / name).is_file(), name
     runs = sorted((out / "runs").glob("*.json"))
     assert sorted(p.name.split("-seed")[0] for p in runs) == ["BC", "ExpRSFT", "ExpRSFT-lambda1", "GRU4Rec"]
     table = "\n".join(markdown_lines((out / "table.md").read_text()))
     for heading in ("Table 3 at the final epoch", "Table 3 at the best validation epoch", "Unfiltered", "Table 2",
-                    "Cost", "λ sweep", "held-out item's timestamp"):
+                    "Cost", "λ sweep", "held-out item's timestamp", "Paired differences at the final epoch"):
         assert heading in table
+    paired = pd.read_csv(out / "paired_final.csv")
+    exprsft = paired[(paired.a == "ExpRSFT") & (paired.b == "BC") & (paired.metric == "ndcg@10") & (paired.seed == "pooled")]
+    assert len(exprsft) == 1 and exprsft.low.item() <= exprsft.difference.item() <= exprsft.high.item()
+    assert exprsft.difference.item() == pytest.approx(exprsft.mean_a.item() - exprsft.mean_b.item())
     assert "| BC | " in table and "| ExpRSFT | " in table and "| GRU4Rec | " in table and "Avg Reward" in table
     assert "| stopped early |" in table and table.count(" | 0/1 |") == 4  # 1-epoch budgets: none converged
     assert process.stdout.count(" left") == 4  # one progress line per run

@@ -52,7 +52,7 @@ def paired_difference(ranks_a, ranks_b, metric="ndcg@10", confidence=0.95, n_res
 
     ``ranks_a``, ``ranks_b``: one rank Series per seed each (:func:`read_cases`), paired seed by seed;
     each pair must hold the same cases. d_i = mean over seeds of (metric_A(i) - metric_B(i)); returns
-    {"a", "b": the metric's means, "difference": mean_i d_i, "relative": difference / b, "low", "high":
+    {"mean_a", "mean_b": the metric's means, "difference": mean_i d_i, "relative": difference / b, "low", "high":
     the paired bootstrap percentile interval of the difference at ``confidence``, "significant": the
     interval excludes 0, "cases": N, "seeds": S}.
     """
@@ -72,7 +72,7 @@ def paired_difference(ranks_a, ranks_b, metric="ndcg@10", confidence=0.95, n_res
     ).confidence_interval
     base = mean_b.mean()
     return {
-        "a": mean_a.mean(), "b": base, "difference": difference.mean(),
+        "mean_a": mean_a.mean(), "mean_b": base, "difference": difference.mean(),
         "relative": difference.mean() / base if base else np.nan,
         "low": interval.low, "high": interval.high, "significant": bool(interval.low > 0 or interval.high < 0),
         "cases": len(difference), "seeds": len(values_a),
