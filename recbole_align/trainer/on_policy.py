@@ -139,16 +139,24 @@ class _LogProbsAndKL(torch.autograd.Function):
         return grad_states, grad_items, None, None, None, None, None, None
 
 
+def _at_least_fp32(tensor):
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+
+
 def log_probs_and_kl(model, states, reference, reference_states, excluded, actions, temperature=1.0):
     """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M] at ``temperature``, with
     gradients to the policy (its states and item vectors), without [M, n_items] tensors
-    (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`)."""
+    (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`).
+    Computed in fp32 outside autocast (bf16 states, e.g. a GRU's under ``mixed_precision: bf16``, are cast
+    up), so that its backward pass, which autocast does not reach, multiplies tensors of one dtype."""
     with torch.no_grad():
         reference_items = reference.item_vectors()
-    return _LogProbsAndKL.apply(
-        states, model.item_vectors(), reference_states, reference_items, excluded, actions,
-        model.logit_scale / temperature, reference.logit_scale / temperature,
-    )
+    with torch.autocast(states.device.type, enabled=False):
+        return _LogProbsAndKL.apply(
+            _at_least_fp32(states), _at_least_fp32(model.item_vectors()), _at_least_fp32(reference_states),
+            _at_least_fp32(reference_items), excluded, actions, model.logit_scale / temperature,
+            reference.logit_scale / temperature,
+        )
 
 
 def frozen_copy(model):
