@@ -180,14 +180,14 @@ def test_evaluation_excludes_history_items(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
     _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
-    model = spec.model_class(config, test._dataset)
+    model = spec.model_class(config, test._dataset).to(config["device"])
     trainer = MODELS["HSTU"].trainer_class(config, model)
     trainer.tot_item_num = test._dataset.item_num
     batch = next(iter(test))
     interaction, scores, _, positive_i = trainer._full_sort_batch_eval(batch)
     history = interaction["item_id_list"]
     assert torch.isinf(scores.gather(1, history)).all()
-    assert torch.isfinite(scores.gather(1, positive_i.unsqueeze(1))).all()
+    assert torch.isfinite(scores.gather(1, positive_i.to(scores.device).unsqueeze(1))).all()
     n_history = (history > 0).sum(1)
     assert (torch.isinf(scores).sum(1) == n_history + 1).all()  # + the padding column
 
@@ -197,7 +197,7 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, bad):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
     train, _, _ = data_preparation(config, load_dataset(config, spec.model_class))
-    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, train._dataset))
+    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
     trainer.current_epoch = 3
     trainer._check_nan(torch.tensor(1.5))  # finite: no error
     with pytest.raises(AlignError, match=r"\[HSTU\] training loss became .* in epoch 3; stopped"):
