@@ -124,7 +124,7 @@ def worker(args, overrides):
             loaded[key] = train, test, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         train, test, data_mb = loaded[key]
         init_seed(config["seed"], config["reproducibility"])
-        trainer = spec.trainer_class(config, spec.model_class(config, train._dataset))
+        trainer = spec.trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
         if isinstance(trainer, RewardWeightedTrainer):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
         return config, trainer, train, test, data_mb

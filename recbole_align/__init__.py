@@ -1,6 +1,10 @@
 """recbole-align: post-training generative recommenders on RecBole."""
 
-from recbole_align.evaluator import register_metrics
+from recbole_align.compat import numpy2_aliases
+
+numpy2_aliases()  # before any RecBole Config is built, here and in spawned processes
+
+from recbole_align.evaluator import register_metrics  # noqa: E402
 
 register_metrics()
 

@@ -1,5 +1,6 @@
 """Compatibility fixes for RecBole 1.2.1 (see the README), applied without changing RecBole's files.
 
+* numpy 2: :func:`numpy2_aliases` (applied when ``recbole_align`` is imported).
 * Checkpoint loading on torch >= 2.6 (:func:`load_checkpoint`, :func:`full_checkpoint_loading`).
 * RecBole's logger in runs started together: :func:`init_logger` creates the log folders first.
 * Multi-process training on any device: RecBole's ``Config`` always starts the process group with
@@ -12,7 +13,7 @@ torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, but RecBol
 hold its ``Config`` object, so ``Trainer.evaluate(load_best_model=True)`` and
 ``Trainer.resume_checkpoint`` fail. Checkpoints written by this package's own runs are trusted
 files; :func:`load_checkpoint` and :func:`full_checkpoint_loading` load them whole. The other
-known breakages (numpy 2, pandas 3, setuptools >= 82 for ray) are avoided by pinned versions in
+known breakages (pandas 3, setuptools >= 82 for ray) are avoided by pinned versions in
 ``pyproject.toml``, and ``recbole.quick_start`` (which imports ray) is never imported.
 """
 
@@ -20,12 +21,22 @@ import contextlib
 import os
 from unittest import mock
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from recbole.utils import init_logger as recbole_init_logger
 from torch.nn.parallel import DistributedDataParallel
 
 _NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def numpy2_aliases():
+    """Restore the numpy aliases that numpy 2 removed and RecBole 1.2.1 still reads (its
+    ``Config.compatibility_settings`` assigns ``np.float = np.float_`` and the like, in every process
+    that builds or unpickles a Config); a no-op on numpy 1."""
+    for alias, dtype in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
+        if alias not in vars(np):
+            setattr(np, alias, dtype)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -12,15 +12,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import recbole
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 ML100K_INTER = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.inter"
+
+# The device of the runs that the tests start: RECBOLE_ALIGN_TEST_DEVICE=cpu (default) or cuda. RecBole's
+# Config picks CUDA whenever it sees a GPU, so on a GPU machine the cpu runs get an empty gpu_id.
+TEST_DEVICE = os.environ.get("RECBOLE_ALIGN_TEST_DEVICE", "cpu")
+if TEST_DEVICE not in ("cpu", "cuda") or (TEST_DEVICE == "cuda" and not torch.cuda.is_available()):
+    raise pytest.UsageError(f"RECBOLE_ALIGN_TEST_DEVICE={TEST_DEVICE}: cpu, or cuda on a machine with a GPU")
+DEVICE_ARGS = ["--gpu_id="] if TEST_DEVICE == "cpu" and torch.cuda.is_available() else []
 
 # Tiny HSTU and training settings, as command-line overrides.
 TINY = [
     "--epochs=1", "--MAX_ITEM_LIST_LENGTH=20", "--embedding_size=8", "--attention_dim=8",
     "--linear_dim=8", "--num_negatives=8", "--train_batch_size=64", "--show_progress=False",
-    "--state=ERROR",
+    "--state=ERROR", *DEVICE_ARGS,
 ]
 
 
@@ -106,4 +114,6 @@ def run_cli(cwd, *args, script="run_recbole_align.py"):
         cwd=cwd, capture_output=True, text=True, env=env, timeout=600,
     )
     results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    if results is not None:
+        assert results["config"]["device"].startswith(TEST_DEVICE), results["config"]["device"]
     return process, results

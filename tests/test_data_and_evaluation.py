@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 import torch
 from recbole.data import data_preparation
+from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from recbole.evaluator.collector import DataStruct
 
 from conftest import write_atomic
+from recbole_align.compat import numpy2_aliases
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
 from recbole_align.errors import AlignError
@@ -178,14 +180,14 @@ def test_evaluation_excludes_history_items(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
     _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
-    model = spec.model_class(config, test._dataset)
+    model = spec.model_class(config, test._dataset).to(config["device"])
     trainer = MODELS["HSTU"].trainer_class(config, model)
     trainer.tot_item_num = test._dataset.item_num
     batch = next(iter(test))
     interaction, scores, _, positive_i = trainer._full_sort_batch_eval(batch)
     history = interaction["item_id_list"]
     assert torch.isinf(scores.gather(1, history)).all()
-    assert torch.isfinite(scores.gather(1, positive_i.unsqueeze(1))).all()
+    assert torch.isfinite(scores.gather(1, positive_i.to(scores.device).unsqueeze(1))).all()
     n_history = (history > 0).sum(1)
     assert (torch.isinf(scores).sum(1) == n_history + 1).all()  # + the padding column
 
@@ -195,8 +197,26 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, bad):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
     train, _, _ = data_preparation(config, load_dataset(config, spec.model_class))
-    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, train._dataset))
+    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
     trainer.current_epoch = 3
     trainer._check_nan(torch.tensor(1.5))  # finite: no error
     with pytest.raises(AlignError, match=r"\[HSTU\] training loss became .* in epoch 3; stopped"):
         trainer._check_nan(torch.tensor(bad))
+
+
+def test_numpy2_aliases_let_recbole_set_its_own(monkeypatch):
+    """RecBole's Config.compatibility_settings reads np.float_, np.complex_ and np.unicode_ (gone in numpy 2)."""
+    for alias in ("float_", "complex_", "unicode_"):
+        monkeypatch.delitem(vars(np), alias, raising=False)
+    numpy2_aliases()
+    Config.compatibility_settings(None)
+    assert (np.float_, np.complex_, np.unicode_, np.float) == (np.float64, np.complex128, np.str_, np.float64)
+
+
+def test_evaluation_gives_plain_floats(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame())
+    config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
+    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
+    result = trainer.evaluate(test, load_best_model=False)
+    assert set(result) == {"hit@10", "ndcg@10", "mrr"} and all(type(v) is float for v in result.values())

@@ -1,4 +1,5 @@
-"""Multi-process runs (RecBole's distributed mode) on 2 CPU processes with the gloo backend."""
+"""Multi-process runs (RecBole's distributed mode) on 2 CPU processes with the gloo backend (2 GPUs with nccl
+under RECBOLE_ALIGN_TEST_DEVICE=cuda)."""
 
 import json
 import socket
@@ -8,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import run_cli, tiny
+from conftest import TEST_DEVICE, run_cli, tiny
 
 from recbole_align.compat import full_checkpoint_loading
 from recbole_align.pretrained import adopt_architecture, read_pretrained
@@ -87,10 +88,15 @@ def evaluate_in_one_process(checkpoint, data_path, tmp_path, monkeypatch):
     config, spec = build_config("HSTU", "ml-100k-slice", config_dict=config_dict)
     adopt_architecture(config, read_pretrained(checkpoint), spec.model_class)
     train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
-    trainer = AlignTrainer(config, spec.model_class(config, train_data._dataset))
+    trainer = AlignTrainer(config, spec.model_class(config, train_data._dataset).to(config["device"]))
     loaders = evaluation_loaders(config, valid_data, test_data)
     with full_checkpoint_loading():
         return {split: dict(trainer.evaluate(loaders[split], model_file=checkpoint)) for split in EVAL_SPLITS}
+
+
+two_devices = pytest.mark.skipif(
+    TEST_DEVICE == "cuda" and torch.cuda.device_count() < 2, reason="2 processes on CUDA need 2 GPUs (nccl)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,14 +111,17 @@ def drpo_two_processes(tmp_path_factory, ml100k_slice):
     return results
 
 
+@two_devices
 def test_bc_and_drpo_train_on_two_processes(drpo_two_processes):
     results = drpo_two_processes
-    assert results["config"]["world_size"] == 2 and results["config"]["dist_backend"] == "gloo"
+    backend = "nccl" if TEST_DEVICE == "cuda" else "gloo"
+    assert results["config"]["world_size"] == 2 and results["config"]["dist_backend"] == backend
     assert results["epochs_run"] == 1 and 0 < results["epoch_log"][0]["drpo_keep_fraction"] <= 1
     bc_results = json.loads(Path(results["pretrained_checkpoint"]).with_suffix(".json").read_text())
     assert bc_results["config"]["world_size"] == 2 and bc_results["n_test"] == 60
 
 
+@two_devices
 def test_two_process_metrics_equal_one_process_evaluation(drpo_two_processes, ml100k_slice, tmp_path, monkeypatch):
     """The metrics gathered from both processes are those of all the cases: one process evaluating the
     saved weights finds the same values (RecBole 1.2.1's own gathering counts padded cases twice)."""

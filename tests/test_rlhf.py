@@ -452,6 +452,31 @@ def test_ppo_loss_and_gradients_equal_the_dense_computation(monkeypatch):
         assert torch.allclose(a, e, rtol=1e-10, atol=1e-12)
 
 
+def test_log_probs_and_kl_run_in_fp32_under_bf16_autocast_with_bf16_states():
+    """A backbone whose states come out of autocast in bf16 (GRU4Rec's): the forward and backward
+    passes run in fp32 on the states cast up, and the states' gradient comes back in bf16."""
+    from recbole_align.trainer.on_policy import log_probs_and_kl
+
+    model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
+    history = history_items(torch.tensor([[3, 5, 3, 9, 0, 0]]), torch.tensor([0, 0]), torch.tensor([1, 3]))
+    states = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1).bfloat16().requires_grad_()
+    reference_states = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1).bfloat16()
+    actions = torch.tensor([[10, 11], [1, 2]])
+
+    def values_and_gradient(states, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            log_probs, kl = log_probs_and_kl(model, states, reference, reference_states, history, actions, 0.7)
+            loss = log_probs.sum() + kl.sum()
+        return log_probs, kl, torch.autograd.grad(loss, states)[0]
+
+    log_probs, kl, grad = values_and_gradient(states, autocast=True)
+    fp32_states = states.detach().float().requires_grad_()
+    expected = values_and_gradient(fp32_states, autocast=False)
+    assert log_probs.dtype == kl.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert torch.equal(log_probs, expected[0]) and torch.equal(kl, expected[1])
+    assert torch.allclose(grad.float(), expected[2], rtol=1e-2, atol=1e-3)
+
+
 def test_dpo_margin_from_pair_logits_equals_the_log_probability_margin():
     model, reference = make_model(n_items=12).eval(), make_model(n_items=12, seed=1).eval()
     history = history_items(torch.tensor([[3, 5, 0]]), torch.tensor([0, 0]), torch.tensor([0, 1]))

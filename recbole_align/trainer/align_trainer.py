@@ -56,6 +56,7 @@ class AlignTrainerMixin:
       model selection) and any statistics a post-training trainer adds) that ends up in the results JSON;
     * AdamW/Adam betas from the ``optimizer_betas`` config key;
     * checkpoint loading that works on torch >= 2.6 (see :mod:`recbole_align.compat`);
+    * metrics as plain floats (numpy 2 logs its scalars as ``np.float64(...)``);
     * resuming: after each validated epoch the full training state (RecBole's checkpoint keys plus
       :meth:`resume_state`) goes to :func:`last_state_file`, which ``resume_checkpoint`` continues
       exactly (see ``resume`` in recbole_align/properties/overall.yaml).
@@ -154,7 +155,8 @@ class AlignTrainerMixin:
             if load_best_model:
                 dist.barrier()  # once all processes are here, each machine's first one has saved it
         with full_checkpoint_loading():
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+            result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        return result and type(result)((metric, float(value)) for metric, value in result.items())
 
     def resume_state(self, train_data):
         """What continuing exactly needs beyond RecBole's checkpoint: the best checkpoint's path and

@@ -180,20 +180,28 @@ class _LogProbsAndKL(torch.autograd.Function):
         return grad_states, grad_items, None, None, None, None, None, None, None
 
 
+def _at_least_fp32(tensor):
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+
+
 def log_probs_and_kl(model, states, reference, reference_states, history, actions, temperature=1.0,
                      reference_log_norm=None):
     """log π_θ(a_mk|s_m) [M, K] and the exact KL(π_θ(·|s_m) || π_ref(·|s_m)) [M] at ``temperature``, with
     gradients to the policy (its states and item vectors), without [M, n_items] tensors
     (:class:`_LogProbsAndKL`; the values and gradients are those of :func:`log_policy` and :func:`exact_kl`).
-    ``reference_log_norm``: π_ref's :func:`log_normaliser` at these contexts, if computed already."""
-    if reference_log_norm is None:
-        reference_log_norm = log_normaliser(reference, reference_states, history, temperature)
-    with torch.no_grad():
-        reference_items = reference.item_vectors()
-    return _LogProbsAndKL.apply(
-        states, model.item_vectors(), reference_states, reference_items, history, actions,
-        model.logit_scale / temperature, reference.logit_scale / temperature, reference_log_norm,
-    )
+    ``reference_log_norm``: π_ref's :func:`log_normaliser` at these contexts, if computed already.
+    Computed in fp32 outside autocast (bf16 states, e.g. a GRU's under ``mixed_precision: bf16``, are cast
+    up), so that its backward pass, which autocast does not reach, multiplies tensors of one dtype."""
+    with torch.autocast(states.device.type, enabled=False):
+        states, reference_states = _at_least_fp32(states), _at_least_fp32(reference_states)
+        if reference_log_norm is None:
+            reference_log_norm = log_normaliser(reference, reference_states, history, temperature)
+        with torch.no_grad():
+            reference_items = _at_least_fp32(reference.item_vectors())
+        return _LogProbsAndKL.apply(
+            states, _at_least_fp32(model.item_vectors()), reference_states, reference_items, history, actions,
+            model.logit_scale / temperature, reference.logit_scale / temperature, _at_least_fp32(reference_log_norm),
+        )
 
 
 def frozen_copy(model):

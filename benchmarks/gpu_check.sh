@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The GPU check (issue 23): on a machine with one CUDA GPU, Python 3.12, torch, numpy 2 and pandas but no
+# RecBole and no network, in at most 8 minutes (GPU_CHECK_SECONDS, default 470, caps every step):
+#   1. installs RecBole 1.2.1 and its missing pure-Python dependencies from the wheels in .whl/ into
+#      $GPU_CHECK_SITE (default /tmp/site), and pandas 2.3.3 from .whl/pandas/ when the machine's pandas is 3;
+#   2. logs the versions and the GPU;
+#   3. trains BC (HSTU with the reward head, as a post-training run's BC stage) and then every
+#      post-training method from that checkpoint for 2 epochs on ml-1m-half, bf16 autocast on the GPU;
+#   4. runs the fast tests with RECBOLE_ALIGN_TEST_DEVICE=cuda in the time left (up to 240 s);
+# and writes OUTPUT_DIR/log, each run's results JSON (OUTPUT_DIR/<run>.json) and OUTPUT_DIR/gpu_check.json
+# (each step's status and seconds; each run's device, filtered test NDCG@10, s/epoch, peak GPU memory).
+#
+# Both folders it reads are git-ignored and must be carried with the checkout (26 MB together):
+#   .gpu_data/ml-1m-half: mkdir -p .gpu_data && cp -r ../shared/data/ml-1m-half .gpu_data/
+#   .whl: RecBole and what the image lacks of the part of it that runs here (not thop, ray, plotly, hyperopt):
+#     get() { python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any "$@"; }
+#     get -d .whl recbole==1.2.1 colorlog==4.7.2 texttable==1.7.2 && get -d .whl/pandas pandas==2.3.3 pytz tzdata
+# Run from the repository root:  bash benchmarks/gpu_check.sh OUTPUT_DIR
+# A dry run on a CPU: GPU_CHECK_DEVICE=cpu (runs get --gpu_id=''), PYTHON=<interpreter>, GPU_CHECK_DATA_PATH=<a
+# folder holding a smaller ml-1m-half/>, GPU_CHECK_EPOCHS=1.
+set -uo pipefail
+
+OUT=${1:?usage: bash benchmarks/gpu_check.sh OUTPUT_DIR}
+PY=${PYTHON:-python3}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+DATA_PATH=${GPU_CHECK_DATA_PATH:-.gpu_data}
+EPOCHS=${GPU_CHECK_EPOCHS:-2}
+SITE=${GPU_CHECK_SITE:-/tmp/site}
+DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-470}))
+METHODS=(ExpRSFT RSFT DRPO PPO GRPO DPO)
+TESTS=(tests/test_hstu.py tests/test_precision.py tests/test_data_and_evaluation.py tests/test_rlhf.py
+       tests/test_reward_weighted.py tests/test_distributed.py tests/test_backbone.py tests/test_recommend.py)
+
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/log STEPS=$OUT/steps.tsv SAVED=$(mktemp -d)
+: > "$LOG" && : > "$STEPS"
+export PYTHONPATH=$SITE:$PWD PYTHONWARNINGS=ignore
+# RecBole's Config sets CUDA_VISIBLE_DEVICES to gpu_id: give it the GPU that this machine's scheduler chose
+if [[ $DEVICE == cuda ]]; then GPU_ID=${CUDA_VISIBLE_DEVICES:-0}; else GPU_ID=; fi
+
+# step NAME CAP COMMAND...: COMMAND under a timeout of CAP seconds or the time left, its output into the log,
+# a line "name status exit seconds" into steps.tsv; returns COMMAND's exit status
+step() {
+    local name=$1 cap=$2 start=$SECONDS rc status
+    shift 2
+    declare -F "$1" > /dev/null && set -- bash -c '"$@"' "$1" "$@"  # a function of this script (exported below)
+    (( cap > DEADLINE - SECONDS )) && cap=$((DEADLINE - SECONDS))
+    if (( cap < 10 )); then
+        printf '%s\tskipped (time)\t\t0\n' "$name" >> "$STEPS" && echo "== $name: skipped, out of time" >> "$LOG"
+        return 1
+    fi
+    echo "== $name (timeout ${cap}s): $*" >> "$LOG"
+    timeout "$cap" "$@" >> "$LOG" 2>&1
+    rc=$?
+    case $rc in 0) status=ok ;; 124) status=timeout ;; *) status=failed ;; esac
+    printf '%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$((SECONDS - start))" >> "$STEPS"
+    echo "== $name: $status (exit $rc) in $((SECONDS - start)) s" >> "$LOG"
+    return $rc
+}
+
+# wheels into $SITE with pip, or unpacked as they are where the machine has no pip
+wheels() {
+    if "$PY" -m pip --version > /dev/null 2>&1; then
+        "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$@"
+    else
+        local wheel && for wheel in "$@"; do "$PY" -m zipfile -e "$wheel" "$SITE" || return; done
+    fi
+}
+
+install() {
+    mkdir -p "$SITE" && wheels .whl/*.whl || return
+    # pandas 3's copy-on-write turns RecBole 1.2.1's chained in-place fills into no-ops: use pandas 2.3.3 there
+    if ! "$PY" -c 'import sys, pandas; sys.exit(int(pandas.__version__.split(".")[0]) >= 3)'; then
+        echo "pandas >= 3 here: installing .whl/pandas/" && wheels .whl/pandas/*.whl
+    fi
+}
+
+versions() {
+    "$PY" - "$OUT/environment.json" <<'EOF'
+import json, platform, sys
+import numpy, pandas, recbole, scipy, torch
+cuda = torch.cuda.is_available()
+versions = {
+    "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+    "cudnn": torch.backends.cudnn.version(), "numpy": numpy.__version__, "pandas": pandas.__version__,
+    "scipy": scipy.__version__, "recbole": recbole.__version__, "recbole_from": recbole.__file__,
+    "gpu": torch.cuda.get_device_name(0) if cuda else None,
+    "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+    "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None,
+}
+print(json.dumps(versions, indent=2))
+open(sys.argv[1], "w").write(json.dumps(versions, indent=2))
+EOF
+}
+
+export PY SITE OUT
+export -f wheels install versions
+echo "gpu_check: $(date -u +%FT%TZ), device $DEVICE, gpu_id '$GPU_ID', data $DATA_PATH, $EPOCHS epochs" >> "$LOG"
+command -v nvidia-smi > /dev/null && nvidia-smi >> "$LOG" 2>&1
+step install 60 install
+step versions 60 versions
+
+COMMON=(--dataset=ml-1m-half "--data_path=$DATA_PATH" "--epochs=$EPOCHS" --mixed_precision=bf16 --show_progress=False
+        "--checkpoint_dir=$SAVED" "--gpu_id=$GPU_ID")
+if step BC 150 "$PY" -m recbole_align --model=BC --reward_head=True "${COMMON[@]}" \
+        "--checkpoint_file=$SAVED/bc.pth" "--results_file=$OUT/BC.json"; then
+    for method in "${METHODS[@]}"; do
+        step "$method" 75 "$PY" -m recbole_align "--model=$method" "--pretrained_checkpoint=$SAVED/bc.pth" "${COMMON[@]}" \
+            "--results_file=$OUT/$method.json"
+    done
+else
+    for method in "${METHODS[@]}"; do printf '%s\tskipped (no BC)\t\t0\n' "$method" >> "$STEPS"; done
+fi
+
+step tests 240 env "RECBOLE_ALIGN_TEST_DEVICE=$DEVICE" "$PY" -m pytest -o addopts= -v -p no:cacheprovider \
+    --durations=15 "${TESTS[@]}"
+
+"$PY" - "$OUT" "$DEVICE" <<'EOF'
+import json, re, sys
+from pathlib import Path
+
+out, device = Path(sys.argv[1]), sys.argv[2]
+steps = []
+for line in (out / "steps.tsv").read_text().splitlines():
+    name, status, code, seconds = line.split("\t")
+    entry = {"name": name, "status": status, "exit": int(code) if code else None, "seconds": int(seconds)}
+    results_file = out / f"{name}.json"
+    if status == "ok" and results_file.is_file():
+        r = json.loads(results_file.read_text())
+        entry.update({
+            "results_file": results_file.name, "device": r["config"]["device"],
+            "test_filtered_ndcg@10": r["test_filtered"]["ndcg@10"], "test_ndcg@10": r["test"]["ndcg@10"],
+            "seconds_per_epoch": r["seconds_per_epoch"], "epoch_train_seconds": [e["train_seconds"] for e in r["epoch_log"]],
+            "peak_memory_mb": r["peak_memory_mb"], "avg_reward": r.get("avg_reward"),
+        })
+        if not entry["device"].startswith(device):
+            entry["status"] = f"ran on {entry['device']}, not {device}"
+    steps.append(entry)
+tests = {}
+for line in (out / "log").read_text().splitlines():
+    found = re.match(r"(tests/\S+::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)( |$)", line)
+    if found:
+        tests.setdefault(found.group(2).lower(), []).append(found.group(1))
+versions = out / "environment.json"
+summary = {
+    "device": device, "versions": json.loads(versions.read_text()) if versions.is_file() else None,
+    "steps": steps, "tests": {status: len(names) for status, names in tests.items()},
+    "tests_failed": tests.get("failed", []) + tests.get("error", []),
+}
+bc = next((s for s in steps if s["name"] == "BC" and "seconds_per_epoch" in s), None)
+summary["bc_seconds_per_epoch"] = bc and bc["seconds_per_epoch"]
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps({k: summary[k] for k in ("tests", "bc_seconds_per_epoch")}))
+for s in steps:
+    print(s["name"], s["status"], s["seconds"], "s", s.get("test_filtered_ndcg@10"), s.get("seconds_per_epoch"))
+EOF
+echo "gpu_check: done in $SECONDS s; $OUT/gpu_check.json" | tee -a "$LOG"
