@@ -16,7 +16,7 @@ from recbole_align.pretrained import adopt_architecture, read_pretrained
 from recbole.data import data_preparation
 
 from recbole_align.config import build_config, command_line_overrides
-from recbole_align.data import EVAL_SPLITS, evaluation_loaders, load_dataset
+from recbole_align.data import EVAL_SPLITS, load_dataset
 from recbole_align.trainer import AlignTrainer
 from recbole_align.trainer.reward_weighted import reward_weighted_loss
 
@@ -44,8 +44,8 @@ BATCH = {  # 4 users; user 0 and 1 hold 9 valid positions, users 2 and 3 hold 3;
     "ratings": torch.tensor([[5, 4, 4, 2, 1], [3, 4, 5, 1, 0], [4, 4, 0, 0, 0], [1, 0, 0, 0, 0]]).float(),
 }
 SETTINGS = {
-    "reward_max": 5.0, "reward_min": 1.0, "reward_lambda": 0.5, "rescale_rewards": False, "drpo_variant": "adaptive",
-    "drpo_keep_fraction": 0.5, "drpo_threshold": None, "drpo_tie_margin": 0.1, "drpo_beta": 0.05,
+    "reward_max": 5.0, "reward_min": 1.0, "reward_lambda": 0.5, "rescale_rewards": False, "standardize_rewards": False,
+    "drpo_variant": "adaptive", "drpo_keep_fraction": 0.5, "drpo_threshold": None, "drpo_tie_margin": 0.1, "drpo_beta": 0.05,
 }
 METHODS = [("exp", "mean"), ("linear", "sum"), ("drpo", "mean"), ("drpo", "sum")]
 
@@ -89,9 +89,13 @@ def evaluate_in_one_process(checkpoint, data_path, tmp_path, monkeypatch):
     adopt_architecture(config, read_pretrained(checkpoint), spec.model_class)
     train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
     trainer = AlignTrainer(config, spec.model_class(config, train_data._dataset).to(config["device"]))
-    loaders = evaluation_loaders(config, valid_data, test_data)
     with full_checkpoint_loading():
-        return {split: dict(trainer.evaluate(loaders[split], model_file=checkpoint)) for split in EVAL_SPLITS}
+        trainer.evaluate(test_data, model_file=checkpoint)  # loads the weights
+    metrics = {}
+    for split, loader in (("valid", valid_data), ("test", test_data)):
+        result = trainer.evaluate_split(loader, split)
+        metrics[split], metrics[f"{split}_filtered"] = result.metrics, result.filtered_metrics
+    return {split: metrics[split] for split in EVAL_SPLITS}
 
 
 two_devices = pytest.mark.skipif(
