@@ -6,7 +6,13 @@
 #   2. logs the versions and the GPU;
 #   3. trains BC (HSTU with the reward head, as a post-training run's BC stage) and then every
 #      post-training method from that checkpoint for 2 epochs on ml-1m-half, bf16 autocast on the GPU;
-#   4. runs the fast tests with RECBOLE_ALIGN_TEST_DEVICE=cuda in the time left (up to 240 s);
+#   4. runs the fast tests with RECBOLE_ALIGN_TEST_DEVICE=cuda in the time left (up to 240 s; OUTPUT_DIR/tests.log);
+#   5. with GPU_CHECK_PROTOCOL_SEEDS (e.g. "[2020,2021,2022]"): the paper's protocol on ml-1m-half by the benchmark
+#      harness (BC 40 epochs, then ContinuedBC, Exp-RSFT, the three RSFT rows, DRPO, PPO, DPO and GRPO for 30 epochs,
+#      fp32), GPU_CHECK_JOBS (10) runs at a time, beside steps 3-4, until 30 s before the deadline; its finished runs
+#      (JSON, per-case results, logs, the BC checkpoints) go to OUTPUT_DIR/protocol.tar.gz. Its data folder is
+#      /work/shared/data and its output folder GPU_CHECK_PROTOCOL_DIR, the paths of the CPU runs, so that the
+#      run hashes match and the harness reuses these runs there (results/ unpacked into that folder);
 # and writes OUTPUT_DIR/log, each run's results JSON (OUTPUT_DIR/<run>.json) and OUTPUT_DIR/gpu_check.json
 # (each step's status and seconds; each run's device, filtered test NDCG@10, s/epoch, peak GPU memory).
 #
@@ -28,7 +34,11 @@ DATA_PATH=${GPU_CHECK_DATA_PATH:-.gpu_data}
 EPOCHS=${GPU_CHECK_EPOCHS:-2}
 SITE=${GPU_CHECK_SITE:-/tmp/site}
 DEADLINE=$((SECONDS + ${GPU_CHECK_SECONDS:-470}))
-METHODS=(ExpRSFT RSFT DRPO PPO GRPO DPO)
+METHODS=(ContinuedBC ExpRSFT RSFT DRPO PPO GRPO DPO)
+PROTOCOL_SEEDS=${GPU_CHECK_PROTOCOL_SEEDS:-}
+PROTOCOL_DIR=${GPU_CHECK_PROTOCOL_DIR:-/work/main/benchmarks/results/protocol-gpu-ml-1m-half}
+PROTOCOL_EPOCHS=${GPU_CHECK_PROTOCOL_EPOCHS:-"--bc_epochs=40 --epochs=30"}
+PROTOCOL_DATA=${GPU_CHECK_PROTOCOL_DATA:-/work/shared/data}
 TESTS=(tests/test_hstu.py tests/test_precision.py tests/test_data_and_evaluation.py tests/test_rlhf.py
        tests/test_reward_weighted.py tests/test_distributed.py tests/test_backbone.py tests/test_recommend.py)
 
@@ -94,8 +104,28 @@ open(sys.argv[1], "w").write(json.dumps(versions, indent=2))
 EOF
 }
 
-export PY SITE OUT
-export -f wheels install versions
+# the protocol by the benchmark harness, from the data at $PROTOCOL_DATA (the CPU runs' path: same run hashes;
+# copied there from $DATA_PATH where it holds no ml-1m-half)
+protocol() {
+    if [[ ! -f $PROTOCOL_DATA/ml-1m-half/ml-1m-half.inter ]]; then
+        mkdir -p "$PROTOCOL_DATA" && cp -r "$DATA_PATH/ml-1m-half" "$PROTOCOL_DATA/" || return
+    fi
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=2 "$PY" -m recbole_align benchmark --dataset=ml-1m-half "--data_path=$PROTOCOL_DATA" --seeds="$PROTOCOL_SEEDS" \
+        --methods="[BC,ContinuedBC,ExpRSFT,RSFT,DRPO,PPO,DPO,GRPO]" --baselines="[]" $PROTOCOL_EPOCHS \
+        --jobs="${GPU_CHECK_JOBS:-10}" --output_dir="$PROTOCOL_DIR"
+}
+
+# the protocol's finished runs: JSON, per-case results and logs, the BC checkpoints, the tables if it ended
+pack_protocol() {
+    pkill -f "recbole_align.*$PROTOCOL_DIR" ; sleep 2
+    (cd "$PROTOCOL_DIR" && find . -maxdepth 1 -type f > /tmp/protocol_files && find runs -type f >> /tmp/protocol_files &&
+     find checkpoints -name 'BC-*.pth' ! -name '*.last.pth' ! -name '*.partial.pth' >> /tmp/protocol_files &&
+     tar czf "$OUT/protocol.tar.gz" -T /tmp/protocol_files) && echo "packed $(wc -l < /tmp/protocol_files) files"
+}
+
+export PY SITE OUT DATA_PATH PROTOCOL_SEEDS PROTOCOL_DIR PROTOCOL_EPOCHS PROTOCOL_DATA
+export -f wheels install versions protocol
 echo "gpu_check: $(date -u +%FT%TZ), device $DEVICE, gpu_id '$GPU_ID', data $DATA_PATH, $EPOCHS epochs" >> "$LOG"
 command -v nvidia-smi > /dev/null && nvidia-smi >> "$LOG" 2>&1
 step install 60 install
@@ -105,16 +135,25 @@ COMMON=(--dataset=ml-1m-half "--data_path=$DATA_PATH" "--epochs=$EPOCHS" --mixed
         "--checkpoint_dir=$SAVED" "--gpu_id=$GPU_ID")
 if step BC 150 "$PY" -m recbole_align --model=BC --reward_head=True "${COMMON[@]}" \
         "--checkpoint_file=$SAVED/bc.pth" "--results_file=$OUT/BC.json"; then
+    if [[ -n $PROTOCOL_SEEDS ]]; then
+        (LOG=$OUT/protocol.log; step protocol $((DEADLINE - SECONDS - 30)) protocol) &
+        PROTOCOL_PID=$!
+    fi
+    (LOG=$OUT/tests.log; step tests 240 env "RECBOLE_ALIGN_TEST_DEVICE=$DEVICE" "$PY" -m pytest -o addopts= -v \
+        -p no:cacheprovider --durations=15 "${TESTS[@]}") &
+    TESTS_PID=$!
     for method in "${METHODS[@]}"; do
         step "$method" 75 "$PY" -m recbole_align "--model=$method" "--pretrained_checkpoint=$SAVED/bc.pth" "${COMMON[@]}" \
             "--results_file=$OUT/$method.json"
     done
+    wait "$TESTS_PID"
+    if [[ -n $PROTOCOL_SEEDS ]]; then
+        wait "$PROTOCOL_PID"
+        pack_protocol >> "$LOG" 2>&1
+    fi
 else
     for method in "${METHODS[@]}"; do printf '%s\tskipped (no BC)\t\t0\n' "$method" >> "$STEPS"; done
 fi
-
-step tests 240 env "RECBOLE_ALIGN_TEST_DEVICE=$DEVICE" "$PY" -m pytest -o addopts= -v -p no:cacheprovider \
-    --durations=15 "${TESTS[@]}"
 
 "$PY" - "$OUT" "$DEVICE" <<'EOF'
 import json, re, sys
@@ -138,7 +177,8 @@ for line in (out / "steps.tsv").read_text().splitlines():
             entry["status"] = f"ran on {entry['device']}, not {device}"
     steps.append(entry)
 tests = {}
-for line in (out / "log").read_text().splitlines():
+tests_log = out / "tests.log"
+for line in (tests_log.read_text().splitlines() if tests_log.is_file() else []):
     found = re.match(r"(tests/\S+::.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)( |$)", line)
     if found:
         tests.setdefault(found.group(2).lower(), []).append(found.group(1))
