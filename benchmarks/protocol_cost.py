@@ -12,6 +12,10 @@ tree on ``PYTHONPATH``, so both see the same load. A row's seconds per epoch are
 the process's wall time (data loading, the end-of-run evaluation, Avg Reward) is its fixed cost. One
 full seed = BC 40 epochs + every method 30 epochs + each run's fixed cost once, in core-minutes.
 Writes ``protocol_cost.json`` (every measurement, the machine, the date, the command) and ``table.md``.
+
+With ``--metrics_check``, instead: every row for ``--metrics_epochs`` (3) epochs on ``--dataset`` (e.g. ml-100k)
+at both trees, and the metrics of every split at the best epoch and each epoch's filtered test NDCG@10 side by
+side (``metrics_unchanged.json``, ``metrics_unchanged.md``): the estimator is the same where they are equal.
 """
 
 import argparse
@@ -40,29 +44,59 @@ def timed_run(tree, scratch, name, model, overrides):
                "--state=WARNING", *overrides]
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
-    subprocess.run(command, cwd=scratch, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.run(command, cwd=scratch, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if process.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{process.stderr[-2000:]}")
     return json.loads(results_file.read_text()), time.perf_counter() - start
 
 
-def measure(args):
-    """One row per (run, tree): seconds per epoch and fixed seconds."""
-    data = [f"--dataset={args.dataset}", f"--data_path={args.data_path}", "--epochs=1", "--epoch_test_metrics=True"]
+def each_run(args, epochs):
+    """(row, tree label, results, wall seconds) of BC and each method run for ``epochs`` epochs from that
+    BC, at the old and the new tree one after the other."""
+    data = [f"--dataset={args.dataset}", f"--epochs={epochs}", "--epoch_test_metrics=True"]
+    if args.data_path:  # else RecBole's own (ml-100k ships with it)
+        data.append(f"--data_path={Path(args.data_path).resolve()}")
     trees = {"new": REPO, "old": Path(args.old).resolve()}
-    rows = []
     for model in ("BC", *METHODS):
         for label, tree in trees.items():
-            scratch = Path(args.output_dir) / "runs" / label
+            scratch = Path(args.output_dir).resolve() / "runs" / label
             if model == "BC":
                 results, wall = timed_run(tree, scratch, model, "HSTU", [*data, "--reward_head=True"])
             else:
                 results, wall = timed_run(tree, scratch, model, model, [*data, f"--pretrained_checkpoint={scratch / 'BC.pth'}"])
-            rows.append({
-                "run": model, "code": label, "seconds_per_epoch": results["train_seconds"],
-                "training_seconds": results["seconds_per_epoch"], "fixed_seconds": wall - results["train_seconds"],
-                "test_ndcg@10_filtered": results["test_filtered"]["ndcg@10"],
-            })
-            print(json.dumps(rows[-1]), flush=True)
+            yield model, label, results, wall
+
+
+def measure(args):
+    """One row per (run, tree): seconds per epoch and fixed seconds."""
+    rows = []
+    for model, label, results, wall in each_run(args, epochs=1):
+        rows.append({
+            "run": model, "code": label, "seconds_per_epoch": results["train_seconds"],
+            "training_seconds": results["seconds_per_epoch"], "fixed_seconds": wall - results["train_seconds"],
+            "test_ndcg@10_filtered": results["test_filtered"]["ndcg@10"],
+        })
+        print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def metrics_side_by_side(args):
+    """(records, markdown): per row, the old and the new tree's metrics of every split (best epoch) and
+    filtered test NDCG@10 per epoch, and whether they are equal to the 4 decimals RecBole reports."""
+    runs = {}
+    for model, label, results, _ in each_run(args, epochs=args.metrics_epochs):
+        runs.setdefault(model, {})[label] = results
+    records = []
+    for model, pair in runs.items():
+        splits = {split: (pair["old"][split], pair["new"][split]) for split in ("valid", "valid_filtered", "test", "test_filtered")}
+        curves = [[entry["test_filtered"]["ndcg@10"] for entry in pair[label]["epoch_log"]] for label in ("old", "new")]
+        records.append({
+            "run": model, "metrics equal": all(old == new for old, new in splits.values()),
+            "epochs equal": sum(a == b for a, b in zip(*curves)), "epochs": len(curves[0]),
+            "test_filtered ndcg@10 per epoch, old": curves[0], "new": curves[1],
+            "largest metric difference": max(abs(old[k] - new[k]) for old, new in splits.values() for k in old),
+        })
+    return records, pd.DataFrame(records).to_markdown(index=False)
 
 
 def summarise(rows):
@@ -85,14 +119,22 @@ def summarise(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/ (default: RecBole's, for ml-100k)")
     parser.add_argument("--dataset", default="ml-1m-half")
     parser.add_argument("--old", required=True, help="a checkout of the older commit (git worktree)")
     parser.add_argument("--output_dir", default="benchmarks/results/protocol_cost")
+    parser.add_argument("--metrics_check", action="store_true", help="compare the metrics instead of the cost")
+    parser.add_argument("--metrics_epochs", type=int, default=3)
     args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    if args.metrics_check:
+        records, markdown = metrics_side_by_side(args)
+        (out / "metrics_unchanged.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": records}, indent=2))
+        (out / "metrics_unchanged.md").write_text(markdown + "\n")
+        print(markdown)
+        return
     rows = measure(args)
     table = summarise(rows)
-    out = Path(args.output_dir)
     old_commit = subprocess.run(["git", "-C", args.old, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     new_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {
