@@ -79,9 +79,10 @@ def plain_metrics(result):
     return {key: float(value) for key, value in result.items()}
 
 
-def evaluate_cases(evaluator, struct, loader, config, phase):
-    """A :class:`SplitResult` from the collected ``struct`` of ``loader``'s cases: the filtered cases
-    are those whose held-out item was rated >= ``eval_rating_threshold`` (all cases when ``~``)."""
+def evaluate_cases(evaluator, struct, metrics, loader, config, phase):
+    """A :class:`SplitResult` from the collected ``struct`` of ``loader``'s cases and their ``metrics``
+    (RecBole's, of all of them): the filtered cases are those whose held-out item was rated >=
+    ``eval_rating_threshold`` (all cases when ``~``)."""
     dataset = loader._dataset
     keep = rating_filter(config, loader, phase)
     keep = np.ones(len(dataset), dtype=bool) if keep is None else keep.numpy()
@@ -90,7 +91,7 @@ def evaluate_cases(evaluator, struct, loader, config, phase):
         rating = dataset.inter_feat[rating_field].numpy().astype(float)
     else:
         rating = np.full(len(dataset), np.nan)
-    metrics = plain_metrics(evaluator.evaluate(struct))
+    metrics = plain_metrics(metrics)
     filtered = metrics if keep.all() else plain_metrics(evaluator.evaluate(case_subset(struct, torch.from_numpy(keep))))
     uid_field = config["USER_ID_FIELD"]
     user_id = dataset.id2token(uid_field, dataset.inter_feat[uid_field].numpy()).astype(str)

@@ -139,8 +139,8 @@ class AlignTrainerMixin:
         """One scoring pass over the cases of a full-sort ``loader`` of split ``phase``: a
         :class:`~recbole_align.evaluator.cases.SplitResult` with RecBole's metrics of all its cases and
         of its rating-filtered ones, and each case's rank."""
-        self.evaluate(loader, load_best_model=load_best_model)
-        return evaluate_cases(self.evaluator, self.eval_collector.last_struct, loader, self.config, phase)
+        metrics = self.evaluate(loader, load_best_model=load_best_model)
+        return evaluate_cases(self.evaluator, self.eval_collector.last_struct, metrics, loader, self.config, phase)
 
     def _full_sort_batch_eval(self, batched_data):
         interaction, scores, positive_u, positive_i = super()._full_sort_batch_eval(batched_data)

@@ -24,12 +24,16 @@ def history_items(item_seq, rows, positions):
     return history.masked_fill(later, 0)
 
 
+def _logits(states, items, scale, history):
+    """scale * states . items with -inf at the padding and the history's items: [C, n_items]."""
+    logits = (states @ items.T).mul_(scale)
+    logits[:, 0] = float("-inf")
+    return logits.scatter_(1, history, float("-inf"))
+
+
 def masked_logits(model, states, history, temperature=1.0):
     """logit(s, a) / temperature with -inf at the padding and at the history's items: [M, n_items]."""
-    logits = model.catalogue_logits(states)
-    if temperature != 1:
-        logits = logits.div_(temperature)
-    return logits.scatter_(1, history, float("-inf"))
+    return _logits(states, model.item_vectors(), model.logit_scale / temperature, history)
 
 
 def log_policy(model, states, history, temperature=1.0):
@@ -108,13 +112,6 @@ def log_normaliser(model, states, history, temperature=1.0):
         torch.logsumexp(masked_logits(model, states[rows], history[rows], temperature), dim=-1)
         for rows in row_chunks(len(states))
     ])
-
-
-def _logits(states, items, scale, history):
-    """scale * states . items with -inf at the padding and the history's items: [C, n_items]."""
-    logits = (states @ items.T).mul_(scale)
-    logits[:, 0] = float("-inf")
-    return logits.scatter_(1, history, float("-inf"))
 
 
 def _policy_and_log_ratio(states, items, reference_states, reference_items, history, actions, scales,
