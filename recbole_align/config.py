@@ -73,6 +73,7 @@ SETTING_CHECKS = (
     ("learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
     ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("valid_cases", lambda v: v in ("filtered", "all"), "filtered or all"),
     ("eval_rating_threshold", lambda v: v is None or _number(v), "a number, or ~ for no rating filter"),
     ("reward_noise_std", lambda v: _number(v) and v >= 0, "a number >= 0 (0: no noise on the training ratings)"),
     ("reward_scope", lambda v: v in ("item", "trajectory"), "item or trajectory"),

@@ -63,11 +63,12 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         logger.removeHandler(handler)
     results = run_recbole_align(model, dataset, files, trial, saved=saved)
     valid_metric = results["config"]["valid_metric"].lower()
+    selection = "valid" if results["config"]["valid_cases"] == "all" else "valid_filtered"  # the trial's own choice
     return {
         "model": model,
-        "best_valid_score": results["valid_filtered"][valid_metric],
+        "best_valid_score": results[selection][valid_metric],
         "valid_score_bigger": results["config"]["valid_metric_bigger"],
-        "best_valid_result": results["valid_filtered"],
+        "best_valid_result": results[selection],
         "test_result": results["test_filtered"],
         "results_file": results["results_file"],
     }

@@ -133,7 +133,7 @@ def train_and_evaluate(config, spec, saved=True):
     check_splits(config, train_data, valid_data, test_data)
     if issubclass(spec.model_class, NextItemPolicy):  # the models that trim batches; RecBole's own train as RecBole does
         train_data = length_grouped(config, train_data)
-    valid_selection = rating_filtered_loader(config, valid_data, "valid")  # model selection's cases
+    valid_selection = valid_data if config["valid_cases"] == "all" else rating_filtered_loader(config, valid_data, "valid")
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     recommender = spec.model_class(config, train_data._dataset)

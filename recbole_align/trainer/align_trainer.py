@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.optim as optim
 from recbole.trainer import Trainer
-from recbole.utils import ModelType
+from recbole.utils import ModelType, calculate_valid_score
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
 from recbole_align.distributed import gather_cases
@@ -125,11 +125,27 @@ class AlignTrainerMixin:
                 f"stopped. Last good checkpoint: {last_good}. Try a lower learning_rate."
             )
 
+    @property
+    def selection_split(self):
+        """The results key of the valid cases that choose the best epoch (``valid_cases``)."""
+        return "valid" if self.config["valid_cases"] == "all" else "valid_filtered"
+
     def _valid_epoch(self, valid_data, show_progress=False):
-        valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+        """The valid score of the epoch: on the rating-filtered valid cases (``valid_data`` is their
+        loader), or with ``valid_cases: all`` on every case of ``valid_data``, whose filtered metrics
+        come from the same pass."""
+        if self.config["valid_cases"] == "all":
+            split = self.evaluate_split(valid_data, "valid")
+            valid_result, filtered = split.metrics, split.filtered_metrics
+            valid_score = calculate_valid_score(valid_result, self.valid_metric)
+        else:
+            valid_score, valid_result = super()._valid_epoch(valid_data, show_progress)
+            filtered = valid_result = plain_metrics(valid_result)
         if self.epoch_log:
             entry = self.epoch_log[-1]
-            entry["valid_filtered"] = plain_metrics(valid_result)
+            entry["valid_filtered"] = filtered
+            if self.config["valid_cases"] == "all":
+                entry["valid"] = valid_result
             if self.epoch_test_loader is not None:
                 self.last_epoch_test = self.evaluate_split(self.epoch_test_loader, "test")
                 entry["test"], entry["test_filtered"] = self.last_epoch_test.metrics, self.last_epoch_test.filtered_metrics
@@ -235,13 +251,13 @@ class AlignTrainerMixin:
         return super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
 
     def best_epoch(self):
-        """The epoch of the saved (best) checkpoint: the last one with the best filtered valid score,
-        as RecBole's ``early_stopping`` keeps ties (None without validation)."""
-        sign = 1 if self.valid_metric_bigger else -1
+        """The epoch of the saved (best) checkpoint: the last one with the best valid score (of the
+        ``valid_cases``), as RecBole's ``early_stopping`` keeps ties (None without validation)."""
+        sign, split = (1 if self.valid_metric_bigger else -1), self.selection_split
         best_epoch, best_score = None, -np.inf
         for entry in self.epoch_log:
-            if "valid_filtered" in entry and sign * entry["valid_filtered"][self.valid_metric] >= best_score:
-                best_epoch, best_score = entry["epoch"], sign * entry["valid_filtered"][self.valid_metric]
+            if split in entry and sign * entry[split][self.valid_metric] >= best_score:
+                best_epoch, best_score = entry["epoch"], sign * entry[split][self.valid_metric]
         return best_epoch
 
     def peak_memory_mb(self):
