@@ -156,10 +156,15 @@ def execute(run, dataset, output_dir, config_files, user_args):
 VARIANTS = {  # rows beyond the method's own
     "RSFT": (("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}), ("RSFT standardised", {"standardize_rewards": True})),
 }
+# rows run only when --methods names them: the analogue of the paper's Table 6 (trajectory rewards)
+LABELLED_ROWS = (("ExpRSFT trajectory", "ExpRSFT", {"reward_scope": "trajectory"}),
+                 ("RSFT trajectory", "RSFT", {"reward_scope": "trajectory"}))
 SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
 METHOD_GRID = {  # one key per method besides SHARED_GRID: 2 x 2 x 2 = 8 trials for every row
     "ContinuedBC": {"train_batch_size": (64, 128)},
     "ExpRSFT": {"reward_lambda": (0.5, 1.0)},
+    "ExpRSFT trajectory": {"reward_lambda": (0.5, 1.0)},
+    "RSFT trajectory": {"weight_normalization": ("mean", "sum")},
     "RSFT": {"weight_normalization": ("mean", "sum")},
     "RSFT rescaled": {"weight_normalization": ("mean", "sum")},
     "RSFT standardised": {"weight_normalization": ("mean", "sum")},
@@ -192,8 +197,10 @@ def noise_rows(lambdas, noise_levels):
 
 
 def all_rows():
-    """{label: (label, model, settings)} of every post-training row: each method's own and its VARIANTS."""
-    return {label: (label, m, settings) for m in METHODS[1:] for label, settings in VARIANTS.get(m, ((m, {}),))}
+    """{label: (label, model, settings)} of every post-training row: each method's own, its VARIANTS and
+    the LABELLED_ROWS."""
+    rows = {label: (label, m, settings) for m in METHODS[1:] for label, settings in VARIANTS.get(m, ((m, {}),))}
+    return {**rows, **{row[0]: row for row in LABELLED_ROWS}}
 
 
 def method_rows(methods):

@@ -183,6 +183,22 @@ def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message)
     assert not (tmp_path / "out").exists()
 
 
+def test_methods_take_a_method_or_one_row_and_bc_trains_to_its_plateau_or_its_budget():
+    from recbole_align.benchmark import BC_PLATEAU, bc_run, method_rows
+
+    assert [label for label, _, _ in method_rows(["BC", "RSFT", "ExpRSFT"])] == [
+        "RSFT", "RSFT rescaled", "RSFT standardised", "ExpRSFT"]
+    rows = method_rows(["RSFT standardised", "ExpRSFT trajectory", "RSFT trajectory"])
+    assert rows == [("RSFT standardised", "RSFT", {"standardize_rewards": True}),
+                    ("ExpRSFT trajectory", "ExpRSFT", {"reward_scope": "trajectory"}),
+                    ("RSFT trajectory", "RSFT", {"reward_scope": "trajectory"})]
+    plateau = bc_run(2020, "HSTU", None).settings
+    assert {key: plateau[key] for key in BC_PLATEAU} == BC_PLATEAU and plateau["valid_cases"] == "all"
+    assert plateau["stopping_step"] < plateau["epochs"]  # stops on the curve, within the budget
+    fixed = bc_run(2020, "HSTU", 5).settings
+    assert fixed["epochs"] == fixed["stopping_step"] == 5  # exactly 5 epochs: no early stopping
+
+
 def test_tuning_gives_every_row_the_same_grid_and_the_choice_reuses_its_trial():
     from recbole_align.benchmark import grid, plan, run_hash, tuning_choice, tuning_plan
 

@@ -74,6 +74,21 @@ def test_a_run_writes_its_per_case_results(tmp_path):
     assert case_metric(final, "hit@10").mean() == pytest.approx(last_epoch["hit@10"], abs=1e-4)
 
 
+def test_valid_cases_all_selects_the_best_epoch_on_every_valid_case(tmp_path):
+    data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
+    args = tiny("--model=HSTU", "--dataset=gen", f"--data_path={data_path}", "--epochs=4", "--topk=[5,10]",
+                "--MAX_ITEM_LIST_LENGTH=5", f"--results_file={tmp_path / 'r.json'}", f"--checkpoint_dir={tmp_path}",
+                "--valid_cases=all", "--learning_rate=0.01")
+    status, errors = run_in_process(tmp_path, run_main, *args)
+    assert status == 0, errors
+    results = json.loads((tmp_path / "r.json").read_text())
+    log = results["epoch_log"]
+    assert all(entry["valid"] != entry["valid_filtered"] for entry in log)  # 30 cases against 15: two views
+    scores = [entry["valid"]["ndcg@10"] for entry in log]
+    assert results["best_epoch"] == max(e for e, score in enumerate(scores) if score == max(scores))  # last of ties
+    assert results["valid"]["ndcg@10"] == pytest.approx(max(scores), abs=1e-4)  # the checkpoint of that epoch
+
+
 def ranks(values, users=None):
     return pd.Series(np.asarray(values, dtype=float), index=pd.Index(users or [f"u{i}" for i in range(len(values))]))
 

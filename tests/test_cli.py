@@ -99,6 +99,7 @@ def without_column(data_path, column, name):
         (["--topk=[5]"], "valid_metric NDCG@10 needs 10 in topk [5]: add it (e.g. --topk=[5,10])"),
         (["--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be a positive integer"),
         (["--stopping_step=-1"], "stopping_step must be an integer >= 0"),
+        (["--valid_cases=some"], "valid_cases must be filtered or all"),
         (["--reward_noise_std=-0.5"], "reward_noise_std must be a number >= 0 (0: no noise on the training ratings); got -0.5"),
         (["--model=ExpRSFT", "--reward_scope=trajectory", "--trajectory_length=0"], "trajectory_length must be a positive integer; got 0"),
         (["--model=ExpRSFT", "--reward_scope=foo"], "reward_scope must be item or trajectory; got 'foo'"),

@@ -210,6 +210,9 @@ def test_trajectory_loss_weights_every_position_by_its_window():
     item = reward_weighted_loss(model, rated_batch(), "exp", item_settings, "mean")
     scoped = reward_weighted_loss(model, rated_batch(), "exp", {**item_settings, "reward_scope": "item"}, "mean")
     assert all(torch.equal(a, b) for a, b in zip(item, scoped))  # item scope: the item weights, unchanged
+    rsft, rsft_rewards, rsft_weights = reward_weighted_loss(model, rated_batch(), "linear", settings, "mean")
+    assert torch.equal(rsft_rewards, rewards) and rsft_weights.tolist() == [1.0] * 3 + [2.0] * 3  # w = R~ = (R - 5)/2
+    assert rsft.item() == pytest.approx((rsft_weights * losses[mask]).mean().item(), rel=1e-6)
 
 
 # ---- gradients through the trainer's loss ------------------------------------------------------
@@ -239,7 +242,7 @@ def test_exp_rsft_with_huge_lambda_has_the_bc_gradient_direction():
 
 
 BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambda": 0.5, "reward_scope": "item",
-        "reward_max": None}
+        "reward_max": None, "rescale_rewards": False}
 
 
 @pytest.mark.parametrize(
@@ -256,7 +259,8 @@ BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambd
         ({"reward_weighting": "drpo", **drpo(margin=0)}, "drpo_tie_margin must be a number > 0"),
         ({"reward_weighting": "drpo", **drpo("fixed", drpo_threshold=None)}, "needs a numeric drpo_threshold"),
         ({"reward_weighting": "drpo", **drpo("exp", drpo_beta=0)}, "drpo_beta must be a number > 0"),
-        ({"reward_weighting": "linear", "reward_scope": "trajectory"}, "reward_scope=trajectory is Exp-RSFT's"),
+        ({"reward_weighting": "drpo", **drpo(), "reward_scope": "trajectory"}, "reward_scope=trajectory is Exp-RSFT's and RSFT's"),
+        ({"reward_weighting": "linear", "reward_scope": "trajectory", "rescale_rewards": True}, "rescale_rewards does not apply"),
         ({"reward_scope": "trajectory", "reward_max": 5}, "leave reward_max: ~"),
     ],
 )

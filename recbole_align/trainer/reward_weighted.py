@@ -141,13 +141,23 @@ def window_returns(ratings, mask, length):
     return torch.where(mask, returns, 0)
 
 
+def standardised_returns(returns, settings):
+    """The standardised return R~(τ) = (R - μ)/σ (paper sec. 5; μ = ``return_mean``, σ = ``return_std``
+    over all training windows). As weights, trajectory-level RSFT (ours, for the analogue of the paper's
+    Table 6, RSFT on trajectory rewards): w = R~(τ), Mukherjee et al.'s standardised weight of a return."""
+    return (returns - settings["return_mean"]) / settings["return_std"]
+
+
 def trajectory_weights(returns, settings):
     """Trajectory-level Exp-RSFT (paper sec. 5, eq. 19-20): w = exp(R~(τ)/λ) on every position of window
-    τ, with the standardised return R~ = (R - μ)/σ (μ, σ over all training windows, sec. 5), computed as
-    exp((R~ - R~_max)/λ): the fixed shift by the largest standardised training return keeps w in (0, 1]
-    (as :func:`exp_weights` shifts by r_max). Settings: ``return_mean``, ``return_std``, ``return_max``."""
-    standardised = (returns - settings["return_mean"]) / settings["return_std"]
-    return exp_weights(standardised, {"reward_lambda": settings["reward_lambda"], "reward_max": settings["return_max"]})
+    τ, with the standardised return R~ (:func:`standardised_returns`), computed as exp((R~ - R~_max)/λ):
+    the fixed shift by the largest standardised training return keeps w in (0, 1] (as
+    :func:`exp_weights` shifts by r_max). Settings: ``return_mean``, ``return_std``, ``return_max``."""
+    return exp_weights(standardised_returns(returns, settings),
+                       {"reward_lambda": settings["reward_lambda"], "reward_max": settings["return_max"]})
+
+
+TRAJECTORY_WEIGHTS = {"exp": trajectory_weights, "linear": standardised_returns}  # reward_scope: trajectory
 
 
 def mean_normalized(losses, weights, batch_weights=None):
@@ -180,7 +190,7 @@ def reward_weighted_loss(model, interaction, weighting, settings, normalization)
     losses, mask, ratings = model.position_losses(interaction)
     weight = WEIGHTS[weighting]
     if settings.get("reward_scope") == "trajectory":
-        ratings, weight = window_returns(ratings, mask, settings["trajectory_length"]), trajectory_weights
+        ratings, weight = window_returns(ratings, mask, settings["trajectory_length"]), TRAJECTORY_WEIGHTS[weighting]
     rewards, own = gather_batch(ratings[mask])
     weights = broadcast_from_first(weight(rewards, settings))
     loss = NORMALIZATIONS[normalization](losses[mask], weights[own], weights) * world_size()
@@ -225,7 +235,10 @@ def check_config(config):
     if weighting == "exp":
         _positive(config, "reward_lambda")
     if config["reward_scope"] == "trajectory":  # its values and trajectory_length's: config.SETTING_CHECKS
-        _require(weighting == "exp", f"reward_scope=trajectory is Exp-RSFT's (reward_weighting: exp), not {weighting!r}'s.")
+        _require(weighting in TRAJECTORY_WEIGHTS,
+                 f"reward_scope=trajectory is Exp-RSFT's and RSFT's (reward_weighting: exp or linear), not {weighting!r}'s.")
+        _require(not (weighting == "linear" and config["rescale_rewards"]),
+                 "RSFT with reward_scope=trajectory weights by the standardised return R~: rescale_rewards does not apply.")
         _require(
             config["reward_max"] is None,
             "reward_max shifts ratings (reward_scope=item); trajectory weights shift by the largest "
