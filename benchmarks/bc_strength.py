@@ -63,7 +63,7 @@ def level_rows(level, folder):
     return rows
 
 
-def plot_strength(table, path, title):
+def plot_strength(table, path, title, levels):
     """% gain (pooled paired difference, 95% CI) of each method over its BC, against BC's NDCG@10."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
@@ -75,7 +75,7 @@ def plot_strength(table, path, title):
             ax.errorbar(points["bc"], points["gain_pct"], fmt="o-", capsize=3, label=method,
                         yerr=[points["gain_pct"] - points["low_pct"], points["high_pct"] - points["gain_pct"]])
         ax.axhline(0, color="grey", linestyle="--")
-        ax.set_xlabel("BC's filtered test NDCG@10 (its level: BC epochs 5, 10, 20, plateau)")
+        ax.set_xlabel(f"BC's filtered test NDCG@10 (BC levels: {levels})")
         ax.set_title(f"{view} epoch of the post-training budget")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("% change of filtered test NDCG@10 over that BC (95% CI)")
@@ -147,7 +147,7 @@ def main(argv=None):
         + shown[columns].to_markdown(index=False, floatfmt=".4f") + "\n\n    python benchmarks/bc_strength.py "
         + " ".join(sys.argv[1:] if argv is None else argv) + "\n")
     title = f"{args.dataset}: post-training gain against the strength of its BC"
-    plot_strength(table, output_dir / "strength.png", title)
+    plot_strength(table, output_dir / "strength.png", title, ", ".join(level for level, _, _ in folders))
     if (plateau_dir / "runs.csv").is_file():
         plot_bc_curves(plateau_dir, output_dir / "bc_curve.png", f"{args.dataset}: BC trained to its plateau")
     print((output_dir / "strength.md").read_text())

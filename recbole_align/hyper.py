@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 from recbole.trainer import HyperTuning
 
+from recbole_align.trainer.align_trainer import selection_split
 from recbole_align.errors import AlignError
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import build_config
@@ -63,7 +64,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         logger.removeHandler(handler)
     results = run_recbole_align(model, dataset, files, trial, saved=saved)
     valid_metric = results["config"]["valid_metric"].lower()
-    selection = "valid" if results["config"]["valid_cases"] == "all" else "valid_filtered"  # the trial's own choice
+    selection = selection_split(results["config"])  # the valid cases the trial chose its epoch on
     return {
         "model": model,
         "best_valid_score": results[selection][valid_metric],

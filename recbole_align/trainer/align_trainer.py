@@ -35,6 +35,11 @@ class CaseGatheringCollector(CaseCollector):
         return struct
 
 
+def selection_split(config):
+    """The results key of the valid cases that choose the best epoch (``valid_cases``)."""
+    return "valid" if config["valid_cases"] == "all" else "valid_filtered"
+
+
 def last_state_file(checkpoint_file):
     """Where a run whose best checkpoint is ``checkpoint_file`` keeps the state of its last validated
     epoch: ``<checkpoint>.last.pth``."""
@@ -124,11 +129,6 @@ class AlignTrainerMixin:
                 f"[{self.config['model']}] training loss became {loss.item()} in epoch {self.current_epoch}; "
                 f"stopped. Last good checkpoint: {last_good}. Try a lower learning_rate."
             )
-
-    @property
-    def selection_split(self):
-        """The results key of the valid cases that choose the best epoch (``valid_cases``)."""
-        return "valid" if self.config["valid_cases"] == "all" else "valid_filtered"
 
     def _valid_epoch(self, valid_data, show_progress=False):
         """The valid score of the epoch: on the rating-filtered valid cases (``valid_data`` is their
@@ -253,7 +253,7 @@ class AlignTrainerMixin:
     def best_epoch(self):
         """The epoch of the saved (best) checkpoint: the last one with the best valid score (of the
         ``valid_cases``), as RecBole's ``early_stopping`` keeps ties (None without validation)."""
-        sign, split = (1 if self.valid_metric_bigger else -1), self.selection_split
+        sign, split = (1 if self.valid_metric_bigger else -1), selection_split(self.config)
         best_epoch, best_score = None, -np.inf
         for entry in self.epoch_log:
             if split in entry and sign * entry[split][self.valid_metric] >= best_score:
