@@ -70,6 +70,7 @@ SETTING_CHECKS = (
     ("epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
     ("train_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("eval_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
+    ("catalogue_chunk_mb", lambda v: _number(v) and v > 0, "a number of MiB > 0"),
     ("learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
     ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),

@@ -26,6 +26,7 @@ from recbole_align.config import model_class_of
 from recbole_align.data import load_dataset
 from recbole_align.diagnostics import checkpoint_model
 from recbole_align.errors import AlignError
+from recbole_align.memory import row_chunks
 from recbole_align.pretrained import read_pretrained
 
 
@@ -77,12 +78,11 @@ def recommend(checkpoint_path, dataset, user_ids, topk=10, data_path=None):
     missing = sorted(set(range(len(users))) - set(matches.tolist()))
     if missing:
         raise AlignError(f"user_id {[user_ids[i] for i in missing]} has no test case (too short a history).")
-    interaction = cases[index].to(config["device"])
-    with torch.no_grad():
-        scores = model.full_sort_predict(interaction).view(len(index), -1)
-    scores[:, 0] = -np.inf  # the padding item
-    scores.scatter_(1, interaction[model.ITEM_SEQ], -np.inf)  # the input window, as the evaluation
-    top_scores, top_items = torch.topk(scores, topk)
+    top_scores, top_items = zip(*(
+        top_recommendations(model, cases[index[rows]].to(config["device"]), topk)
+        for rows in row_chunks(len(index), config["eval_batch_size"])  # bounded by catalogue_chunk_mb (load_dataset)
+    ))
+    top_scores, top_items = torch.cat(top_scores), torch.cat(top_items)
     frame = pd.DataFrame({
         "user_id": np.repeat(user_ids, topk),
         "rank": np.tile(np.arange(1, topk + 1), len(user_ids)),
@@ -91,6 +91,16 @@ def recommend(checkpoint_path, dataset, user_ids, topk=10, data_path=None):
     })
     items = item_features(config)
     return frame if items is None else frame.merge(items, on="item_id", how="left")
+
+
+@torch.no_grad()
+def top_recommendations(model, interaction, topk):
+    """(scores, items) [B, topk] of the best items for the cases of ``interaction``, the padding and the
+    input window left out as the evaluation does."""
+    scores = model.full_sort_predict(interaction).view(len(interaction), -1)
+    scores[:, 0] = -np.inf  # the padding item
+    scores.scatter_(1, interaction[model.ITEM_SEQ], -np.inf)  # the input window, as the evaluation
+    return torch.topk(scores, topk)
 
 
 @exit_on_error

@@ -28,6 +28,7 @@ def make_backbone(model_class, reward_head=False, **overrides):
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "RATING_FIELD": "rating", "LIST_SUFFIX": "_list",
         "ITEM_LIST_LENGTH_FIELD": "item_length", "MAX_ITEM_LIST_LENGTH": MAX_LEN, "NEG_PREFIX": "neg_",
         "device": torch.device("cpu"), "loss_type": "CE", "reward_head": reward_head, "reward_loss_weight": 1.0,
+        "catalogue_chunk_mb": 512,
         # SASRec
         "n_layers": 1, "n_heads": 2, "hidden_size": 8, "inner_size": 16, "hidden_dropout_prob": 0.0,
         "attn_dropout_prob": 0.0, "hidden_act": "gelu", "layer_norm_eps": 1e-12, "initializer_range": 0.02,

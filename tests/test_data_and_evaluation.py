@@ -213,6 +213,24 @@ def test_numpy2_aliases_let_recbole_set_its_own(monkeypatch):
     assert (np.float_, np.complex_, np.unicode_, np.float) == (np.float64, np.complex128, np.str_, np.float64)
 
 
+def test_evaluation_in_blocks_within_the_memory_budget_gives_the_same_metrics(tmp_path):
+    """A catalogue_chunk_mb too small for two cases' scores lowers eval_batch_size to 1: the metrics and
+    each case's rank are those of one batch of every case."""
+    data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
+    batch_sizes, metrics, ranks = [], [], []
+    for budget in (512, 0.001):  # 0.001 MiB: one row of 41 items x 16 bytes fits, two do not
+        config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
+                                  catalogue_chunk_mb=budget)
+        _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+        torch.manual_seed(0)
+        trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
+        metrics.append(trainer.evaluate(test, load_best_model=False))
+        ranks.append(trainer.eval_collector.last_struct.get("rec.meanrank")[:, 0])
+        batch_sizes.append(config["eval_batch_size"])
+    assert batch_sizes == [4096, 1]
+    assert metrics[1] == pytest.approx(metrics[0]) and torch.equal(ranks[0], ranks[1])
+
+
 def test_evaluation_gives_plain_floats(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)

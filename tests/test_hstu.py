@@ -47,6 +47,7 @@ def make_model(loss_type="CE", n_items=20, time_field="timestamp", fields=None, 
         "loss_type": loss_type,
         "reward_head": False,
         "reward_loss_weight": 1.0,
+        "catalogue_chunk_mb": 512,
         **overrides,
     }
     torch.manual_seed(seed)

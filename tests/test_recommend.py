@@ -19,8 +19,9 @@ def test_recommend_ranks_like_the_evaluation_and_excludes_the_history(tmp_path):
     titles = pd.DataFrame({"item_id:token": sorted(frame["item_id:token"].unique())})
     titles["movie_title:token_seq"] = "movie " + titles["item_id:token"].astype(str)
     titles.to_csv(data_path / "ml-100k-titles" / "ml-100k-titles.item", sep="\t", index=False)
+    # catalogue_chunk_mb: blocks of a few cases (evaluation and recommend), whose ranking must be the whole one's
     process, results = run_cli(tmp_path, "--model=HSTU", "--dataset=ml-100k-titles", f"--data_path={data_path}",
-                               *tiny("--epochs=1"))
+                               *tiny("--epochs=1"), "--catalogue_chunk_mb=0.05")
     assert process.returncode == 0, process.stderr[-3000:]
 
     process = recommend_cli(tmp_path, f"--checkpoint={results['checkpoint']}", "--dataset=ml-100k-titles",

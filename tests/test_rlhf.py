@@ -399,7 +399,7 @@ def dense_log_policy(model, states, excluded, temperature=1.0):
 
 
 @pytest.mark.parametrize("given_log_norm", [False, True])
-def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatch, given_log_norm):
+def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(given_log_norm):
     from recbole_align.trainer import on_policy
 
     model, reference = make_model(n_items=12).eval().double(), make_model(n_items=12, seed=1).eval().double()
@@ -415,7 +415,7 @@ def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatc
     upstream = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
     inputs = (states, model.item_embedding.weight)
     expected_grads = torch.autograd.grad((expected[0] * upstream[0]).sum() + (expected[1] * upstream[1]).sum(), inputs)
-    monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)  # three chunks
+    model.catalogue_chunk_rows = reference.catalogue_chunk_rows = 2  # three chunks
     log_norm = on_policy.log_normaliser(reference, reference_states, history, 0.7) if given_log_norm else None
     actual = on_policy.log_probs_and_kl(model, states, reference, reference_states, history, actions, 0.7, log_norm)
     actual_grads = torch.autograd.grad((actual[0] * upstream[0]).sum() + (actual[1] * upstream[1]).sum(), inputs)
@@ -423,7 +423,7 @@ def test_chunked_log_probs_and_kl_equal_the_dense_ones_with_gradients(monkeypatc
     assert all(torch.allclose(a, e) for a, e in zip(actual_grads, expected_grads))
 
 
-def test_ppo_loss_and_gradients_equal_the_dense_computation(monkeypatch):
+def test_ppo_loss_and_gradients_equal_the_dense_computation():
     """PPO's loss of a pass (log π at the rollout's items and the exact KL through the chunked,
     history-indexed path, π_BC's log-normaliser cached) and its gradients equal those of the dense
     catalogue-wide computation (the estimator of the code before the rollout cache)."""
@@ -442,7 +442,7 @@ def test_ppo_loss_and_gradients_equal_the_dense_computation(monkeypatch):
     log_pi = dense_log_policy(model, states, excluded_mask(history, 12))
     kl = exact_kl(log_pi, dense_log_policy(reference, reference_states, excluded_mask(history, 12)))
     expected, _ = ppo_loss(log_pi.gather(1, actions), log_old, kl, rewards, clip_epsilon=0.2, kl_coef=0.05)
-    monkeypatch.setattr(on_policy, "ROW_CHUNK", 2)
+    model.catalogue_chunk_rows = reference.catalogue_chunk_rows = 2
     log_norm = on_policy.log_normaliser(reference, reference_states, history)
     chunked_log_pi, chunked_kl = on_policy.log_probs_and_kl(model, states, reference, reference_states, history, actions,
                                                             reference_log_norm=log_norm)
@@ -488,3 +488,31 @@ def test_dpo_margin_from_pair_logits_equals_the_log_probability_margin():
     from_logits = dpo_loss(model.item_logits(states, chosen), model.item_logits(states, rejected),
                            reference.item_logits(states, chosen), reference.item_logits(states, rejected), beta=0.1)
     assert torch.allclose(from_logits, from_log_probs, atol=1e-5)
+
+
+def test_catalogue_wide_sampling_and_kl_in_blocks_equal_one_block():
+    """PPO's rollout sampling, DPO's pair sampling and its logged KL give, under one seed, the same items
+    and values in blocks of 3 rows (a tiny catalogue_chunk_mb) as in one block of all 7 (on a flat policy,
+    where a pair's second item is always among its first draws: a redraw consumes the seed's stream
+    block by block, so on a peaked policy the blocks draw other, equally distributed, pairs)."""
+    from recbole_align.trainer import on_policy
+
+    model, reference = make_model(n_items=30, temperature=1.0).eval(), make_model(n_items=30, seed=1).eval()
+    rows, positions = torch.tensor([0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 1, 2, 0, 1, 3, 5])
+    history = history_items(torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]]), rows, positions)
+    states = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    reference_states = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+
+    def computed(block_rows):
+        model.catalogue_chunk_rows = reference.catalogue_chunk_rows = block_rows
+        torch.manual_seed(5)
+        return (*on_policy.sample_with_log_probs(model, states, history, 4, 0.8),
+                on_policy.sample_pairs(model, states, history, 0.8),
+                on_policy.policy_kl(model, reference, states, reference_states, history))
+
+    one_block, in_blocks = computed(1024), computed(3)
+    for whole, blocks in zip(one_block, in_blocks):
+        assert torch.allclose(whole, blocks, atol=1e-6) if whole.is_floating_point() else torch.equal(whole, blocks)
+    actions, _, pairs, _ = in_blocks
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    assert not (actions.unsqueeze(2) == history.unsqueeze(1)).any()  # nothing of the history, nor padding

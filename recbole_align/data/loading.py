@@ -2,12 +2,15 @@
 
 from pathlib import Path
 
+from logging import getLogger
+
 import numpy as np
 import torch
 from recbole.utils import ModelType
 
 from recbole_align.data.dataset import AlignSequentialDataset
 from recbole_align.errors import AlignError
+from recbole_align.memory import catalogue_rows
 
 EVAL_SPLITS = ("valid", "valid_filtered", "test", "test_filtered")  # the metric keys of a results JSON
 
@@ -38,7 +41,21 @@ def load_dataset(config, model_class):
             f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
         )
     check_data(config, dataset)
+    bound_evaluation_batches(config, dataset.item_num)
     return dataset
+
+
+def bound_evaluation_batches(config, n_items):
+    """Lower ``eval_batch_size`` to the cases whose [cases x n_items] scores fit ``catalogue_chunk_mb``
+    (see recbole_align.memory): RecBole's full-sort evaluation scores a whole batch at once. The metrics
+    do not depend on the batch size."""
+    rows = catalogue_rows(n_items, config["catalogue_chunk_mb"])
+    if rows < config["eval_batch_size"]:
+        getLogger().info(
+            f"eval_batch_size {config['eval_batch_size']} -> {rows}: the scores of {n_items} items fit "
+            f"catalogue_chunk_mb={config['catalogue_chunk_mb']} for {rows} cases at a time"
+        )
+        config["eval_batch_size"] = rows
 
 
 def check_data(config, dataset):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 from recbole_align.errors import AlignError
+from recbole_align.memory import catalogue_rows
 from recbole_align.model.reward_head import RewardHead
 
 
@@ -29,9 +30,12 @@ class NextItemPolicy:
 
     all_position_training = True  # every position of a history predicts its next item
     state_chunk_size = 256  # cases per forward pass of user_state (evaluation)
+    most_chunk_rows = 1024  # contexts per block of the on-policy trainers' catalogue-wide computations, at most
 
     def init_policy(self, config, dataset, d):
-        """Rating fields and, with ``reward_head: True``, a reward head of width ``d``."""
+        """Rating fields, the rows of a catalogue-wide block within ``catalogue_chunk_mb`` and, with
+        ``reward_head: True``, a reward head of width ``d``."""
+        self.catalogue_chunk_rows = catalogue_rows(self.n_items, config["catalogue_chunk_mb"], self.most_chunk_rows)
         self.RATING = config["RATING_FIELD"]
         self.LIST_SUFFIX = config["LIST_SUFFIX"]
         self.RATING_SEQ = f"{self.RATING}{self.LIST_SUFFIX}"

@@ -8,6 +8,7 @@ from collections import namedtuple
 import torch
 
 from recbole_align.errors import AlignError
+from recbole_align.memory import row_chunks
 from recbole_align.trainer.align_trainer import AlignTrainer
 
 Contexts = namedtuple("Contexts", "states reference_states history")
@@ -73,12 +74,9 @@ def exact_kl(log_p, log_q):
     return (log_p.exp() * (log_p - log_q).masked_fill(~torch.isfinite(log_p), 0.0)).sum(-1)
 
 
-ROW_CHUNK = 1024  # contexts per chunk of the catalogue-wide computations
-
-
-def row_chunks(n_rows):
-    """Index ranges of at most ROW_CHUNK rows covering 0..n_rows-1."""
-    return [slice(start, min(start + ROW_CHUNK, n_rows)) for start in range(0, n_rows, ROW_CHUNK)]
+def chunks_of(model, n_rows):
+    """The blocks of rows in which ``model``'s catalogue-wide computations go (``catalogue_chunk_rows``)."""
+    return row_chunks(n_rows, model.catalogue_chunk_rows)
 
 
 @torch.no_grad()
@@ -86,7 +84,7 @@ def sample_with_log_probs(model, states, history, num_samples, temperature=1.0):
     """K items per context from π(·|s) at ``temperature`` and their log-probabilities: ([M, K], [M, K]),
     computed in chunks of rows so that no [M, n_items] tensor is kept."""
     actions, log_probs = [], []
-    for rows in row_chunks(len(states)):
+    for rows in chunks_of(model, len(states)):
         logits = masked_logits(model, states[rows], history[rows], temperature)
         largest = logits.amax(dim=-1, keepdim=True)
         weights = (logits - largest).exp_()  # π up to its normaliser: multinomial normalises it
@@ -101,7 +99,7 @@ def log_probs_at(model, states, history, actions, temperature=1.0):
     """log π(a_mk|s_m) of given items at ``temperature``: [M, K], in chunks of rows (no gradient)."""
     return torch.cat([
         log_policy(model, states[rows], history[rows], temperature).gather(1, actions[rows])
-        for rows in row_chunks(len(states))
+        for rows in chunks_of(model, len(states))
     ])
 
 
@@ -110,7 +108,27 @@ def log_normaliser(model, states, history, temperature=1.0):
     """log sum_{a not in history} exp(logit(s_m, a) / temperature): [M], in chunks of rows (no gradient)."""
     return torch.cat([
         torch.logsumexp(masked_logits(model, states[rows], history[rows], temperature), dim=-1)
-        for rows in row_chunks(len(states))
+        for rows in chunks_of(model, len(states))
+    ])
+
+
+@torch.no_grad()
+def sample_pairs(model, states, history, temperature=1.0):
+    """Two distinct items per context from π(·|s) (:func:`sample_distinct_pairs` at ``temperature``): [M, 2],
+    in chunks of rows."""
+    return torch.cat([
+        sample_distinct_pairs(log_policy(model, states[rows], history[rows]), temperature)
+        for rows in chunks_of(model, len(states))
+    ])
+
+
+@torch.no_grad()
+def policy_kl(model, reference, states, reference_states, history):
+    """The exact KL(π(·|s_m) || π_ref(·|s_m)) per context: [M], in chunks of rows (no gradient)."""
+    return torch.cat([
+        exact_kl(log_policy(model, states[rows], history[rows]),
+                 log_policy(reference, reference_states[rows], history[rows]))
+        for rows in chunks_of(model, len(states))
     ])
 
 
@@ -135,7 +153,7 @@ def _policy_and_log_ratio(states, items, reference_states, reference_items, hist
 
 class _LogProbsAndKL(torch.autograd.Function):
     """log π(a_mk|s_m) [M, K] and KL(π(·|s_m) || π_ref(·|s_m)) [M] for π = softmax(scale * s . items) and
-    π_ref likewise, over the items not in the history, in chunks of ROW_CHUNK rows; gradients to the
+    π_ref likewise, over the items not in the history, in chunks of ``chunk_rows`` rows; gradients to the
     policy's states and item vectors only. π_ref's log-normaliser per row (``reference_log_norm``,
     :func:`log_normaliser`) is given: it is fixed while π changes. Nothing of size [M, n_items] is
     kept: the backward pass recomputes each chunk and applies, with z the policy's logits,
@@ -145,18 +163,18 @@ class _LogProbsAndKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, states, items, reference_states, reference_items, history, actions, scale, reference_scale,
-                reference_log_norm):
+                reference_log_norm, chunk_rows):
         log_probs = states.new_empty(actions.shape)
         kl = states.new_empty(len(states))
         scales = scale, reference_scale
-        for rows in row_chunks(len(states)):
+        for rows in row_chunks(len(states), chunk_rows):
             pi, log_ratio, log_probs[rows] = _policy_and_log_ratio(
                 states[rows], items, reference_states[rows], reference_items, history[rows], actions[rows], scales,
                 reference_log_norm[rows],
             )
             kl[rows] = log_ratio.mul_(pi).sum(dim=-1)
         ctx.save_for_backward(states, items, reference_states, reference_items, history, actions, kl, reference_log_norm)
-        ctx.scales = scales
+        ctx.scales, ctx.chunk_rows = scales, chunk_rows
         return log_probs, kl
 
     @staticmethod
@@ -164,7 +182,7 @@ class _LogProbsAndKL(torch.autograd.Function):
         states, items, reference_states, reference_items, history, actions, kl, reference_log_norm = ctx.saved_tensors
         scale = ctx.scales[0]
         grad_states, grad_items = torch.empty_like(states), torch.zeros_like(items)
-        for rows in row_chunks(len(states)):
+        for rows in row_chunks(len(states), ctx.chunk_rows):
             pi, grad_logits, _ = _policy_and_log_ratio(
                 states[rows], items, reference_states[rows], reference_items, history[rows], actions[rows], ctx.scales,
                 reference_log_norm[rows],
@@ -174,7 +192,7 @@ class _LogProbsAndKL(torch.autograd.Function):
             grad_logits.scatter_add_(1, actions[rows], grad_log_probs[rows])
             grad_states[rows] = (grad_logits @ items).mul_(scale)
             grad_items.addmm_(grad_logits.T, states[rows], alpha=scale)
-        return grad_states, grad_items, None, None, None, None, None, None, None
+        return grad_states, grad_items, None, None, None, None, None, None, None, None
 
 
 def _at_least_fp32(tensor):
@@ -198,6 +216,7 @@ def log_probs_and_kl(model, states, reference, reference_states, history, action
         return _LogProbsAndKL.apply(
             states, _at_least_fp32(model.item_vectors()), reference_states, reference_items, history, actions,
             model.logit_scale / temperature, reference.logit_scale / temperature, _at_least_fp32(reference_log_norm),
+            model.catalogue_chunk_rows,
         )
 
 
