@@ -1,0 +1,209 @@
+"""How time and memory grow with the catalogue and the number of ratings, on generated data (issue 23).
+
+    python benchmarks/scaling.py --output_dir=benchmarks/results/scaling
+
+For each size ``items:ratings`` of ``--sizes`` (default: a catalogue of 10k, 100k and 700k items at 1M
+ratings, and 0.1M and 5M ratings at 100k items; ``--users`` users throughout), a data set is generated
+(every item rated at least once, the rest of the ratings drawn from a Zipf-like popularity, ratings
+1-5, one timestamp a day per user) and ONE worker process, on ``--threads`` thread(s), measures in
+order: RecBole's data loading (dataset and splits), BC (HSTU with the reward head), Exp-RSFT, PPO and
+online DPO training, each from a fresh model (a step's cost does not depend on the weights), and one
+full evaluation of the test cases. A training row times the first ``--max_batches`` batches of an epoch
+after a warm-up batch (``--on_policy_batches`` for PPO and DPO, whose batches cost the catalogue)
+and reports seconds per epoch = seconds per batch x batches per epoch (projected: the whole epoch is
+not run). After each step the worker's peak resident memory so far is read, so the last row's is the
+whole process's peak: the target is under 8 GB for 700k items and 1M ratings.
+Writes ``scaling.json`` (the measurements, machine, date, command), ``table.md`` and ``scaling.png``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from throughput import timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
+
+DEFAULT_SIZES = "[10k:1M,100k:1M,700k:1M,100k:0.1M,100k:5M]"
+STEPS = ("BC", "ExpRSFT", "PPO", "DPO")  # trained in this order, after loading; evaluation last
+SCALE = {"k": 1_000, "M": 1_000_000}
+
+
+def count(text):
+    """'700k' -> 700000, '0.1M' -> 100000."""
+    text = text.strip()
+    return int(float(text[:-1]) * SCALE[text[-1]]) if text[-1:] in SCALE else int(text)
+
+
+def generate(folder, name, n_users, n_items, n_ratings, seed=0):
+    """``folder/name/name.inter``: n_ratings ratings of n_users users (as equal shares as divide) over
+    n_items items, each item rated at least once when n_ratings allows, the others Zipf-like
+    (p ~ 1/(rank + 10)); at most one rating of an item per user is not enforced (RecBole keeps repeats)."""
+    rng = np.random.default_rng(seed)
+    popular = 1 / (np.arange(n_items) + 10.0)
+    drawn = rng.choice(n_items, size=max(0, n_ratings - n_items), p=popular / popular.sum())
+    items = rng.permutation(np.concatenate([np.arange(min(n_items, n_ratings)), drawn])) + 1
+    users = np.sort(np.arange(n_ratings) % n_users) + 1
+    step = np.arange(n_ratings) - np.searchsorted(users, users)  # position within the user's history
+    quality = rng.normal(3.5, 0.7, n_items + 1)
+    ratings = np.clip(np.rint(quality[items] + rng.normal(0, 0.8, n_ratings)), 1, 5)
+    frame = pd.DataFrame({"user_id:token": users, "item_id:token": items, "rating:float": ratings,
+                          "timestamp:float": 1_000_000_000 + 86_400 * step + users})
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    frame.to_csv(folder / name / f"{name}.inter", sep="\t", index=False)
+
+
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args):
+    """The measurements of one data set, in this process; prints them as one JSON line."""
+    import torch
+    from recbole.data import data_preparation
+    from recbole.utils import init_seed
+
+    from recbole_align.config import build_config
+    from recbole_align.data import length_grouped, load_dataset
+    from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
+
+    torch.set_num_threads(args.threads)
+    base = {"data_path": args.data_path, "state": "error", "show_progress": False, "checkpoint_dir": args.scratch}
+    rows = [{"step": "start", "seconds": 0.0, "peak_mb": peak_mb()}]
+    start = time.perf_counter()
+    config, spec = build_config("BC", args.dataset, config_dict={**base, "reward_head": True})
+    train, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    train = length_grouped(config, train)
+    rows.append({"step": "load", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
+                 "catalogue": train._dataset.item_num - 1})
+    for model in STEPS:
+        config, spec = build_config(model, args.dataset, config_dict={**base, "reward_head": True})
+        init_seed(config["seed"], config["reproducibility"])
+        trainer = spec.trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
+        if isinstance(trainer, RewardWeightedTrainer):
+            trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
+        batches = args.on_policy_batches if model in ("PPO", "DPO") else args.max_batches
+        seconds = timed_epoch(trainer, train, batches, repeats=1)
+        rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(), "timed_batches": batches,
+                     "batches_per_epoch": len(train)})
+    start = time.perf_counter()
+    trainer.evaluate(test, load_best_model=False)
+    rows.append({"step": "evaluation", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
+                 "cases": len(test._dataset), "eval_batch_size": config["eval_batch_size"]})
+    print(json.dumps(rows))
+
+
+def run_worker(args, name):
+    """One worker process for the generated data set ``name``; its rows."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={args.threads}",
+               f"--data_path={args.output_dir / 'data'}", f"--dataset={name}", f"--max_batches={args.max_batches}",
+               f"--on_policy_batches={args.on_policy_batches}", f"--scratch={args.output_dir / 'scratch'}"]
+    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    if process.returncode != 0:
+        raise RuntimeError(f"worker for [{name}] failed:\n{process.stderr[-3000:]}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def measurements_table(results):
+    """One row per (size, step): seconds and the peak resident memory so far."""
+    frames = [pd.DataFrame(entry["rows"]).assign(size=entry["size"], n_items=entry["items"], n_ratings=entry["ratings"])
+              for entry in results["sizes"]]
+    return pd.concat(frames, ignore_index=True)
+
+
+def report(results):
+    table = measurements_table(results)
+    table = table[table["step"] != "start"]
+    seconds = table.pivot_table(index="size", columns="step", values="seconds", sort=False)
+    peak = table.groupby("size", sort=False)["peak_mb"].max().rename("peak memory (MB)")
+    summary = pd.concat([seconds, peak], axis=1)
+    lines = [f"# Scaling on generated data ({results['date']}, {results['machine']}, {results['threads']} thread(s))", "",
+             f"Command: `{results['command']}`", "",
+             f"{results['users']} users. Seconds: data loading, one training epoch of each method (projected from "
+             f"its first {results['max_batches']} batches, PPO and DPO {results['on_policy_batches']}, after a warm-up "
+             "batch), one evaluation of the test cases; peak resident memory of the one process that ran them all.", "",
+             summary.round(1).to_markdown(), "", "## Every step (peak memory so far)", "",
+             table.drop(columns=["n_items", "n_ratings"]).round(2).to_markdown(index=False, missingval="")]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    table = measurements_table(results)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for col, (axis_key, fixed_key, label) in enumerate((("n_items", "n_ratings", "catalogue (items)"),
+                                                       ("n_ratings", "n_items", "ratings"))):
+        mode = table.groupby(fixed_key)["size"].nunique().idxmax()  # the series with the most sizes
+        part = table[table[fixed_key] == mode]
+        for step in ["load", *(f"{m} epoch" for m in STEPS), "evaluation"]:
+            rows = part[part["step"] == step].sort_values(axis_key)
+            axes[0, col].plot(rows[axis_key], rows["seconds"], marker="o", label=step)
+        memory = part.groupby(axis_key)["peak_mb"].max()
+        axes[1, col].plot(memory.index, memory.values / 1024, marker="o")
+        axes[1, col].axhline(8, color="grey", linestyle="--", label="8 GB target")
+        for axis, ylabel in ((axes[0, col], "seconds"), (axes[1, col], "peak memory (GB)")):
+            axis.set(xscale="log", yscale="log" if ylabel == "seconds" else "linear", xlabel=label, ylabel=ylabel,
+                     title=f"{fixed_key.replace('n_', '')} fixed at {mode:,}")
+            axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f'"[items:ratings,...]" (default {DEFAULT_SIZES})')
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max_batches", type=int, default=10, help="timed batches of BC and Exp-RSFT")
+    parser.add_argument("--on_policy_batches", type=int, default=2, help="timed batches of PPO and DPO")
+    parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/scaling"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data_path", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--scratch", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv
+        return worker(args)
+    args.output_dir = args.output_dir.resolve()
+    results_file = args.output_dir / "scaling.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"sizes": []}
+    results.update({
+        "command": " ".join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
+        "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
+        "users": args.users, "threads": args.threads, "max_batches": args.max_batches,
+        "on_policy_batches": args.on_policy_batches,
+    })
+    done = {entry["size"] for entry in results["sizes"]}  # a finished size is kept (rerun: delete scaling.json)
+    for size in [s.strip() for s in args.sizes.strip("[] ").split(",") if s.strip()]:
+        if size in done:
+            continue
+        items, ratings = (count(part) for part in size.split(":"))
+        name = f"scale-{size.replace(':', '-')}"
+        print(f"{size}: generating {ratings} ratings of {args.users} users over {items} items", file=sys.stderr, flush=True)
+        generate(args.output_dir / "data", name, args.users, items, ratings)
+        rows = run_worker(args, name)
+        results["sizes"].append({"size": size, "items": items, "ratings": ratings, "rows": rows})
+        results_file.write_text(json.dumps(results, indent=2))  # each finished size at once
+        print(f"{size}: peak {max(r['peak_mb'] for r in rows):.0f} MB", file=sys.stderr, flush=True)
+    (args.output_dir / "table.md").write_text(report(results))
+    plot(results, args.output_dir / "scaling.png")
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
