@@ -7,6 +7,7 @@ arguments as RecBole types its own command line.
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,6 +72,8 @@ SETTING_CHECKS = (
     ("train_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("eval_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("catalogue_chunk_mb", lambda v: _number(v) and v > 0, "a number of MiB > 0"),
+    ("enable_amp", lambda v: not v, "False (RecBole's fp16 autocast runs without a gradient scaler here; "
+     "use mixed_precision: bf16)"),
     ("learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
     ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
     ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
@@ -125,6 +128,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         files = layers([backbone.config_file, spec.config_file])
     else:
         files = layers([spec.config_file])
+    config_dict = {**(config_dict or {}), **device_choice(files, config_dict)}
     try:
         config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
     except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
@@ -138,6 +142,18 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         )
     config["model"] = model
     return config, spec
+
+
+def device_choice(files, config_dict):
+    """The gpu_id that RecBole's Config must get: it sets CUDA_VISIBLE_DEVICES to gpu_id (default '0'),
+    which would override a scheduler's choice, and runs on CUDA whenever gpu_id is not empty, whatever
+    use_gpu says. So: '' (the CPU) with use_gpu False; the CUDA_VISIBLE_DEVICES already set when no
+    gpu_id is configured; else nothing to change."""
+    if configured_value("use_gpu", files, config_dict) is False:
+        return {"gpu_id": ""}
+    if configured_value("gpu_id", files, config_dict) is None and "CUDA_VISIBLE_DEVICES" in os.environ:
+        return {"gpu_id": os.environ["CUDA_VISIBLE_DEVICES"]}
+    return {}
 
 
 def configured_value(key, files, config_dict=None):

@@ -100,6 +100,8 @@ def without_column(data_path, column, name):
         (["--MAX_ITEM_LIST_LENGTH=0"], "MAX_ITEM_LIST_LENGTH must be a positive integer"),
         (["--stopping_step=-1"], "stopping_step must be an integer >= 0"),
         (["--valid_cases=some"], "valid_cases must be filtered or all"),
+        (["--catalogue_chunk_mb=0"], "catalogue_chunk_mb must be a number of MiB > 0; got 0"),
+        (["--enable_amp=True"], "enable_amp must be False (RecBole's fp16 autocast runs without a gradient scaler"),
         (["--reward_noise_std=-0.5"], "reward_noise_std must be a number >= 0 (0: no noise on the training ratings); got -0.5"),
         (["--model=ExpRSFT", "--reward_scope=trajectory", "--trajectory_length=0"], "trajectory_length must be a positive integer; got 0"),
         (["--model=ExpRSFT", "--reward_scope=foo"], "reward_scope must be item or trajectory; got 'foo'"),

@@ -1,6 +1,8 @@
 """The dataset (exact time order, one training sequence per user, noisy training ratings) and the
 rating-filtered evaluator."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -202,6 +204,18 @@ def test_non_finite_loss_stops_with_a_clear_error(tmp_path, bad):
     trainer._check_nan(torch.tensor(1.5))  # finite: no error
     with pytest.raises(AlignError, match=r"\[HSTU\] training loss became .* in epoch 3; stopped"):
         trainer._check_nan(torch.tensor(bad))
+
+
+def test_the_device_follows_the_visible_gpus_and_use_gpu(monkeypatch):
+    """RecBole's Config sets CUDA_VISIBLE_DEVICES to gpu_id (default '0') and ignores use_gpu: a scheduler's
+    CUDA_VISIBLE_DEVICES is kept when no gpu_id is given, a given gpu_id wins, use_gpu False is the CPU."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    settings = {"state": "ERROR"}
+    assert build_config("HSTU", "ml-100k", config_dict=settings)[0]["gpu_id"] == "3"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert build_config("HSTU", "ml-100k", config_dict={**settings, "gpu_id": "1"})[0]["gpu_id"] == "1"
+    config, _ = build_config("HSTU", "ml-100k", config_dict={**settings, "use_gpu": False})
+    assert config["gpu_id"] == "" and config["device"].type == "cpu"
 
 
 def test_numpy2_aliases_let_recbole_set_its_own(monkeypatch):
