@@ -18,6 +18,7 @@ from recbole.data import data_preparation
 from recbole_align.config import build_config, command_line_overrides
 from recbole_align.data import EVAL_SPLITS, load_dataset
 from recbole_align.trainer import AlignTrainer
+from recbole_align.trainer.align_trainer import own_random_states, random_states
 from recbole_align.trainer.reward_weighted import reward_weighted_loss
 
 
@@ -71,6 +72,36 @@ def _rank_gradients(rank, port, output):
     if rank == 0:
         torch.save(gradients, output)
     dist.destroy_process_group()
+
+
+class ShuffledLoader:
+    """The part of a train loader that random_states reads: its shuffling generator."""
+
+    def __init__(self, seed):
+        self.generator = torch.Generator().manual_seed(seed)
+
+
+def _rank_random_states(rank, port, output):
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://localhost:{port}")
+    torch.manual_seed(100 + rank)
+    states = random_states(ShuffledLoader(200 + rank), single_process=False)
+    own = torch.get_rng_state()
+    restored = own_random_states(states)["torch"]
+    if rank == 1:
+        torch.save({"states": states, "own": own, "restored": restored}, output)
+    dist.destroy_process_group()
+
+
+def test_a_multi_process_checkpoint_keeps_every_process_random_states(tmp_path):
+    """The last state of a multi-process run holds the random states of every rank (gathered), and each
+    rank of the resumed run takes its own (rank 0's in every rank gave all ranks the same negatives)."""
+    output = tmp_path / "states.pt"
+    mp.spawn(_rank_random_states, args=(free_port(), output), nprocs=2)
+    saved = torch.load(output, weights_only=False)
+    states = saved["states"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    assert torch.equal(states[1]["torch"], saved["own"]) and torch.equal(saved["restored"], saved["own"])
+    assert states[0]["train_data"].tolist() != states[1]["train_data"].tolist()
 
 
 def test_reward_weighted_gradient_is_the_whole_batch_gradient_across_ranks(tmp_path):

@@ -19,6 +19,34 @@ from recbole_align.errors import AlignError
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
 
 
+def process_rank():
+    """This process's rank in a multi-process run (0 in a run of one process)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def random_states(train_data, single_process):
+    """The random states of every process, rank by rank (Python's, numpy's, torch's, CUDA's and the
+    train loader's shuffling): a resumed multi-process run gives each process its own back."""
+    state = {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "train_data": train_data.generator.get_state(),
+    }
+    if single_process:
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def own_random_states(states):
+    """This process's entry of :func:`random_states`' list (a checkpoint written before it was a list
+    holds one dict, rank 0's; a run resumed on more processes than it had gives the extra ones the last)."""
+    return states[min(process_rank(), len(states) - 1)] if isinstance(states, list) else states
+
+
 class CaseGatheringCollector(CaseCollector):
     """The evaluation collector of a multi-process run: its data struct holds the per-case rows
     of every rank, in case order, so that every rank computes the metrics of all the cases exactly as
@@ -174,21 +202,15 @@ class AlignTrainerMixin:
             result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
         return result and type(result)((metric, float(value)) for metric, value in result.items())
 
-    def resume_state(self, train_data):
+    def resume_state(self, rng):
         """What continuing exactly needs beyond RecBole's checkpoint: the best checkpoint's path and
-        result, the epoch log and the random states (the train loader's shuffling included).
+        result, the epoch log and ``rng``, every process's random states (:func:`random_states`).
         Subclasses with their own training state extend it and :meth:`load_resume_state`."""
         return {
             "best_checkpoint": self.saved_model_file,
             "best_valid_result": self.best_valid_result,
             "epoch_log": self.epoch_log,
-            "rng": {
-                "random": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "train_data": train_data.generator.get_state(),
-            },
+            "rng": rng,
         }
 
     def load_resume_state(self, state):
@@ -198,7 +220,7 @@ class AlignTrainerMixin:
         self.epoch_log = state["epoch_log"]
         self.resumed_rng = state["rng"]
 
-    def _save_last_state(self, epoch, train_data):
+    def _save_last_state(self, epoch, rng):
         """The keys of RecBole's ``_save_checkpoint`` for this epoch plus :meth:`resume_state`, written
         atomically (an interruption while writing leaves the previous epoch's file)."""
         state = {
@@ -209,7 +231,7 @@ class AlignTrainerMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
-            "resume": self.resume_state(train_data),
+            "resume": self.resume_state(rng),
         }
         path = last_state_file(self.saved_model_file)
         torch.save(state, f"{path}.tmp", pickle_protocol=4)
@@ -234,7 +256,7 @@ class AlignTrainerMixin:
             if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
                 self.logger.info(f"training ended before epoch {self.start_epoch}: nothing to resume, evaluating")
                 return self.best_valid_score, self.best_valid_result
-            rng = self.resumed_rng
+            rng = own_random_states(self.resumed_rng)
             random.setstate(rng["random"])
             np.random.set_state(rng["numpy"])
             torch.set_rng_state(rng["torch"])
@@ -243,8 +265,10 @@ class AlignTrainerMixin:
             train_data.generator.set_state(rng["train_data"])
 
         def after_validation(epoch_idx, valid_score):
-            if saved and (self.config["single_spec"] or self.config["local_rank"] == 0):  # as _save_checkpoint
-                self._save_last_state(epoch_idx, train_data)
+            if saved:
+                rng = random_states(train_data, self.config["single_spec"])  # every process takes part
+                if self.config["single_spec"] or self.config["local_rank"] == 0:  # as _save_checkpoint
+                    self._save_last_state(epoch_idx, rng)
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 

@@ -389,8 +389,8 @@ class RewardWeightedTrainer(AlignTrainer):
             self.settings["drpo_keep_fraction"] = self.controller.p
         return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
 
-    def resume_state(self, train_data):
-        state = super().resume_state(train_data)
+    def resume_state(self, rng):
+        state = super().resume_state(rng)
         state["drpo_keep_fraction"] = self.controller.p if self.controller is not None else None
         return state
 
