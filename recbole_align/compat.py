@@ -3,6 +3,8 @@
 * numpy 2: :func:`numpy2_aliases` (applied when ``recbole_align`` is imported).
 * Checkpoint loading on torch >= 2.6 (:func:`load_checkpoint`, :func:`full_checkpoint_loading`).
 * RecBole's logger in runs started together: :func:`init_logger` creates the log folders first.
+* Reproducible CUDA runs: RecBole's ``reproducibility`` sets cuDNN's flags only; :func:`deterministic_cuda`
+  also makes PyTorch choose its deterministic kernels (scatter/index adds, cuBLAS).
 * Multi-process training on any device: RecBole's ``Config`` always starts the process group with
   the nccl backend on one GPU per process, and its trainer wraps the model in
   ``DistributedDataParallel`` with ``device_ids``, which DDP refuses for a CPU model.
@@ -37,6 +39,15 @@ def numpy2_aliases():
     for alias, dtype in (("float_", np.float64), ("complex_", np.complex128), ("unicode_", np.str_)):
         if alias not in vars(np):
             setattr(np, alias, dtype)
+
+
+def deterministic_cuda(config):
+    """With ``reproducibility: True`` on CUDA: PyTorch's deterministic algorithms (a kernel that has none
+    warns rather than stops) and the cuBLAS workspace they need, so that the same seed gives the same
+    metrics there too. The CPU's kernels are deterministic already."""
+    if config["reproducibility"] and config["device"].type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -15,7 +15,7 @@ from recbole.data import data_preparation
 from recbole.utils import get_local_time, init_seed, set_color
 
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.compat import init_logger, join_process_group
+from recbole_align.compat import deterministic_cuda, init_logger, join_process_group
 from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
 from recbole_align.data import check_splits, length_grouped, load_dataset
 from recbole_align.diagnostics import avg_reward, checkpoint_model
@@ -136,6 +136,7 @@ def train_and_evaluate(config, spec, saved=True):
     valid_selection = valid_data if config["valid_cases"] == "all" else rating_filtered_loader(config, valid_data, "valid")
 
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    deterministic_cuda(config)
     recommender = spec.model_class(config, train_data._dataset)
     if spec.post_training:
         load_pretrained(recommender, pretrained, config)

@@ -13,7 +13,7 @@ from recbole.data.dataset import SequentialDataset
 from recbole.evaluator.collector import DataStruct
 
 from conftest import write_atomic
-from recbole_align.compat import numpy2_aliases
+from recbole_align.compat import deterministic_cuda, numpy2_aliases
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
 from recbole_align.errors import AlignError
@@ -216,6 +216,18 @@ def test_the_device_follows_the_visible_gpus_and_use_gpu(monkeypatch):
     assert build_config("HSTU", "ml-100k", config_dict={**settings, "gpu_id": "1"})[0]["gpu_id"] == "1"
     config, _ = build_config("HSTU", "ml-100k", config_dict={**settings, "use_gpu": False})
     assert config["gpu_id"] == "" and config["device"].type == "cpu"
+
+
+@pytest.mark.parametrize("device, reproducibility, expected", [("cuda", True, True), ("cuda", False, False),
+                                                               ("cpu", True, False)])
+def test_reproducible_cuda_runs_use_deterministic_kernels(monkeypatch, device, reproducibility, expected):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        deterministic_cuda({"reproducibility": reproducibility, "device": torch.device(device)})
+        assert torch.are_deterministic_algorithms_enabled() is expected
+        assert ("CUBLAS_WORKSPACE_CONFIG" in os.environ) is expected
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_numpy2_aliases_let_recbole_set_its_own(monkeypatch):

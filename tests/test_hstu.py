@@ -195,12 +195,17 @@ def test_relative_bias_uses_offset_and_next_timestamp():
     assert bias[2, 0].item() == 1 + 100 * 57 and bias[0, 0].item() == 3 + 100 * 37
 
 
-def test_bucket_lookup_gradient_equals_indexing():
+@pytest.mark.parametrize("deterministic", [False, True])  # bincount, or index_put_ (deterministic on CUDA)
+def test_bucket_lookup_gradient_equals_indexing(deterministic):
     weights = torch.randn(129, dtype=torch.float64, requires_grad=True)
     index = torch.randint(0, 129, (3, 7, 7))
     upstream = torch.randn(3, 7, 7, dtype=torch.float64)
     (expected,) = torch.autograd.grad((weights[index] * upstream).sum(), weights)
-    (actual,) = torch.autograd.grad((hstu._BucketLookup.apply(weights, index) * upstream).sum(), weights)
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        (actual,) = torch.autograd.grad((hstu._BucketLookup.apply(weights, index) * upstream).sum(), weights)
+    finally:
+        torch.use_deterministic_algorithms(False)
     assert torch.allclose(actual, expected)
 
 

@@ -92,7 +92,9 @@ def sampled_negative_logits(states, items, mask, num_negatives, sharing):
 
 class _BucketLookup(torch.autograd.Function):
     """``weights[index]`` whose backward is a bincount: the same gradient as indexing, several times
-    faster on CPU than the scatter-add that indexing's backward runs over B*L*L positions."""
+    faster on CPU than the scatter-add that indexing's backward runs over B*L*L positions. Under
+    PyTorch's deterministic algorithms (:func:`recbole_align.compat.deterministic_cuda`) it is an
+    accumulating index_put_, which has a deterministic CUDA kernel (a weighted bincount has none)."""
 
     @staticmethod
     def forward(ctx, weights, index):
@@ -103,6 +105,9 @@ class _BucketLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (index,) = ctx.saved_tensors
+        if torch.are_deterministic_algorithms_enabled():
+            grad_weights = grad.new_zeros(ctx.n_weights).index_put_((index.flatten(),), grad.flatten(), accumulate=True)
+            return grad_weights, None
         grad_weights = torch.bincount(index.flatten(), weights=grad.flatten(), minlength=ctx.n_weights)
         return grad_weights.to(grad.dtype), None
 
