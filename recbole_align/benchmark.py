@@ -54,7 +54,7 @@ import torch
 
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import command_line_overrides, resolve_model
-from recbole_align.data import EVAL_SPLITS
+from recbole_align.data import EVAL_SPLITS, stale_inputs
 from recbole_align.diagnostics import PREDICTORS, run_diagnostics
 from recbole_align.errors import AlignError
 from recbole_align.evaluator.paired import paired_difference, read_cases
@@ -129,10 +129,18 @@ def execute(run, dataset, output_dir, config_files, user_args):
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
     run.results_file = results_file
+    last_state = Path(last_state_file(run.settings["checkpoint_file"]))  # an interrupted run goes on from there
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())
-        return 0.0
-    last_state = Path(last_state_file(run.settings["checkpoint_file"]))  # an interrupted run goes on from there
+        if "inputs" not in run.results:  # written before runs recorded their inputs (2026-12-05): kept as it is
+            return 0.0
+        changes = stale_inputs(results_file)
+        if not changes:
+            return 0.0
+        print(f"{run.label} seed {run.seed}: running again, {'; '.join(changes)}", flush=True)
+        run.results = None
+        results_file.unlink()
+        last_state.unlink(missing_ok=True)  # its last state is the old data's finished training
     run.resumed = last_state.is_file()
     start = time()
     command = [

@@ -17,7 +17,7 @@ from recbole.utils import get_local_time, init_seed, set_color
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import deterministic_cuda, init_logger, join_process_group
 from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
-from recbole_align.data import check_splits, length_grouped, load_dataset
+from recbole_align.data import check_splits, length_grouped, load_dataset, run_inputs, stale_inputs
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
@@ -31,7 +31,7 @@ RUN_ONLY_KEYS = {
     "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
     "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
     "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
-    "nproc", "world_size", "ip", "port", "offset", "dist_backend",
+    "nproc", "world_size", "ip", "port", "offset", "dist_backend", "catalogue_chunk_mb",
 }
 
 
@@ -45,8 +45,11 @@ def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
     backbone = config["backbone"]
     logger = getLogger()
     if path.is_file():
-        logger.info(set_color("BC stage", "green") + f": reusing {path}")
-        return str(path)
+        changes = stale_inputs(path.with_suffix(".json"))
+        if not changes:
+            logger.info(set_color("BC stage", "green") + f": reusing {path}")
+            return str(path)
+        logger.info(set_color("BC stage", "green") + f": not reusing {path}: {'; '.join(changes)}")
     logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
     partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
     last = Path(last_state_file(partial))
@@ -128,6 +131,7 @@ def train_and_evaluate(config, spec, saved=True):
             logger.info(f"{key} = {adopted!r} from the pretrained checkpoint (config said {configured!r})")
 
     data = load_dataset(config, spec.model_class)
+    inputs = run_inputs(config)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
     check_splits(config, train_data, valid_data, test_data)
@@ -166,6 +170,7 @@ def train_and_evaluate(config, spec, saved=True):
         "model": config["model"],
         "dataset": config["dataset"],
         "seed": config["seed"],
+        "inputs": inputs,
         **metrics,
         **counts,
         "checkpoint": trainer.saved_model_file if saved else None,

@@ -2,6 +2,7 @@
 DRPO controller, trajectory-level Exp-RSFT, gradients, config and data errors, end-to-end CLI runs
 (with trajectory weights and reward noise), the BC stage's reuse key and the λ sweep."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -11,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
+from conftest import ML100K_INTER, TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
 from recbole_align.config import build_config
+from recbole_align.data.fingerprint import file_fingerprint, package_version, stale_inputs
 from recbole_align.errors import AlignError
 from recbole_align.quick_start import bc_stage_config
 from recbole_align.trainer.reward_weighted import (
@@ -481,3 +483,41 @@ def test_pretrained_checkpoint_refusals(tmp_path, ml100k_slice, exp_rsft_run, sa
     )
     assert process.returncode == 2 and results is None
     assert message in process.stderr and "Traceback" not in process.stderr
+
+
+def test_a_bc_stage_is_reused_on_the_same_data_and_retrained_on_changed_data(tmp_path):
+    """The BC checkpoint of a post-training run is reused only while the atomic files it was trained on are
+    unchanged (size and content): a user who fixes the .inter file gets a BC trained on the fixed data."""
+    frame = pd.read_csv(ML100K_INTER, sep="\t")
+    frame = frame[frame["user_id:token"].isin(sorted(frame["user_id:token"].unique())[:40])]
+    data_path = write_atomic(tmp_path / "data", "edited", frame)
+
+    def run():
+        process, results = run_cli(tmp_path, "--model=ExpRSFT", "--dataset=edited", f"--data_path={data_path}",
+                                   *tiny("--state=INFO"))
+        assert process.returncode == 0, process.stderr[-3000:]
+        bc_json = json.loads(Path(results["pretrained_checkpoint"]).with_suffix(".json").read_text())
+        return process.stdout + process.stderr, bc_json["inputs"]
+
+    _, first = run()
+    log, again = run()
+    assert "BC stage: reusing" in log and again == first
+    inter = data_path / "edited" / "edited.inter"
+    assert first["data"] == {str(inter.resolve()): file_fingerprint(inter)}
+    write_atomic(tmp_path / "data", "edited", frame.assign(**{"rating:float": 6 - frame["rating:float"]}))
+    log, changed = run()
+    assert "not reusing" in log and "changed since: edited.inter" in log and changed != first
+
+
+def test_stale_inputs_names_the_changed_file_and_a_missing_record(tmp_path):
+    inter = tmp_path / "d.inter"
+    inter.write_text("a\tb\n1\t2\n")
+    recorded = file_fingerprint(inter)
+    results = tmp_path / "run.json"
+    results.write_text(json.dumps({"inputs": {"data": {str(inter): recorded}, "recbole_align": package_version()}}))
+    assert stale_inputs(results) == []
+    inter.write_text("a\tb\n1\t3\n")  # same size, other content
+    assert recorded.startswith("8:") and file_fingerprint(inter).startswith("8:")
+    assert stale_inputs(results) == [f"changed since: d.inter ({recorded} -> {file_fingerprint(inter)})"]
+    results.write_text(json.dumps({"model": "BC"}))
+    assert stale_inputs(results) == ["no record of the data it was trained on (run.json)"]
