@@ -36,6 +36,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from throughput import timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
 
+from recbole_align.memory import DEFAULT_BUDGET_MB, catalogue_rows  # noqa: E402
+
 DEFAULT_SIZES = "[10k:1M,100k:1M,700k:1M,100k:0.1M,100k:5M]"
 STEPS = ("BC", "ExpRSFT", "PPO", "DPO")  # trained in this order, after loading; evaluation last
 SCALE = {"k": 1_000, "M": 1_000_000}
@@ -101,7 +103,7 @@ def worker(args):
     start = time.perf_counter()
     trainer.evaluate(test, load_best_model=False)
     rows.append({"step": "evaluation", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
-                 "cases": len(test._dataset), "eval_batch_size": config["eval_batch_size"]})
+                 "cases": len(test._dataset)})
     print(json.dumps(rows))
 
 
@@ -125,8 +127,11 @@ def measurements_table(results):
 
 
 def report(results):
-    table = measurements_table(results)
+    table = measurements_table(results).drop(columns="eval_batch_size", errors="ignore")  # a Config's, not the loader's
     table = table[table["step"] != "start"]
+    blocks = [catalogue_rows(n + 1, DEFAULT_BUDGET_MB) for n in table["n_items"]]
+    table["cases per evaluation batch"] = [min(4096, b) if step == "evaluation" else None
+                                           for b, step in zip(blocks, table["step"])]
     seconds = table.pivot_table(index="size", columns="step", values="seconds", sort=False)
     peak = table.groupby("size", sort=False)["peak_mb"].max().rename("peak memory (MB)")
     summary = pd.concat([seconds, peak], axis=1)
@@ -170,6 +175,7 @@ def main(argv=None):
     parser.add_argument("--max_batches", type=int, default=10, help="timed batches of BC and Exp-RSFT")
     parser.add_argument("--on_policy_batches", type=int, default=2, help="timed batches of PPO and DPO")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/scaling"))
+    parser.add_argument("--report_only", action="store_true", help="rewrite table.md and scaling.png from scaling.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data_path", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -181,6 +187,10 @@ def main(argv=None):
     args.output_dir = args.output_dir.resolve()
     results_file = args.output_dir / "scaling.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"sizes": []}
+    if args.report_only:
+        (args.output_dir / "table.md").write_text(report(results))
+        plot(results, args.output_dir / "scaling.png")
+        return print(report(results))
     results.update({
         "command": " ".join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
