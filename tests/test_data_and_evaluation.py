@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from recbole.data import data_preparation
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from recbole.evaluator.collector import DataStruct
 
-from conftest import write_atomic
+from conftest import REPO, write_atomic
 from recbole_align.compat import deterministic_cuda, numpy2_aliases
 from recbole_align.data import AlignSequentialDataset
 from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
@@ -264,3 +265,14 @@ def test_evaluation_gives_plain_floats(tmp_path):
     trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
     result = trainer.evaluate(test, load_best_model=False)
     assert set(result) == {"hit@10", "ndcg@10", "mrr"} and all(type(v) is float for v in result.values())
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "properties").rglob("*.yaml")), ids=lambda p: p.name)
+def test_the_property_files_users_copy_build_their_configs(path):
+    """Every file of the top-level properties/ builds the config of the model it is for, with its values."""
+    model = path.stem.split("-")[0] if path.parent.name == "methods" else "ExpRSFT"
+    settings = yaml.safe_load(path.read_text())
+    config, _ = build_config(model, "ml-1m-half", [str(path)], {"state": "ERROR"})
+    if "data_path" in settings:  # RecBole appends the dataset's folder
+        assert config["data_path"] == os.path.join(settings.pop("data_path"), "ml-1m-half")
+    assert {key: config[key] for key in settings} == settings
