@@ -1,5 +1,5 @@
 """How post-training's gains depend on the strength of the BC checkpoint it starts from, and BC's
-plateau curve (the harness's BC rule, ``recbole_align.benchmark.BC_PLATEAU``).
+plateau curve (the harness's BC rule, ``recbole_align.experiment.plan.BC_PLATEAU``).
 
     python benchmarks/bc_strength.py --dataset=ml-100k --seeds="[2020,2021,2022]" --levels="[5,10,20]" \\
         --methods="[BC,ContinuedBC,ExpRSFT,RSFT standardised]" \\
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recbole_align.benchmark import BC_PLATEAU
+from recbole_align.experiment.plan import BC_PLATEAU
 from recbole_align.benchmark import main as benchmark
 from recbole_align.report import pyplot
 

@@ -40,8 +40,6 @@ import pandas as pd
 import torch
 
 HERE = Path(__file__).resolve().parent
-METHODS = ("ExpRSFT", "RSFT", "DRPO", "PPO", "DPO")
-ON_POLICY = ("PPO", "DPO")  # they need the reward head
 
 
 def gemm_gflops(threads, dtype, n=2048, repeats=5):
@@ -103,6 +101,7 @@ def worker(args, overrides):
 
     from recbole_align.config import build_config
     from recbole_align.data import load_dataset
+    from recbole_align.registry import MODELS  # an older tree may lack a method: skipped
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
 
     try:
@@ -132,9 +131,9 @@ def worker(args, overrides):
     # HSTU BC first: a measurement taken after PPO's and DPO's large allocations ran up to 1.7x slower
     jobs = [("BC", "HSTU", False, {}), ("BC", "HSTU", False, {"length_grouped_batches": True}),
             ("BC", "HSTU", False, {"mixed_precision": "bf16"})]
-    jobs += [(m, "HSTU", m in ON_POLICY, {}) for m in METHODS] + [("BC", "SASRec", False, {})]
+    jobs += [(m, "HSTU", m in args.on_policy, {}) for m in args.methods] + [("BC", "SASRec", False, {})]
     for model, backbone, reward_head, extra in jobs:
-        if not set(extra) <= read_yaml_keys() or (args.runs and model not in args.runs):
+        if not set(extra) <= read_yaml_keys() or (args.runs and model not in args.runs) or model not in MODELS:
             continue  # code from before a setting (e.g. mixed_precision) would silently ignore it
         config, trainer, train, test, data_mb = setup(model, backbone, reward_head, extra)
         lengths = train._dataset.inter_feat[config["ITEM_LIST_LENGTH_FIELD"]].double()
@@ -166,10 +165,14 @@ def read_yaml_keys():
 
 def run_worker(tree, threads, args, overrides):
     """One worker process for code tree ``tree`` at ``threads`` threads; returns its measurements."""
+    from recbole_align.experiment.methods import METHOD_TABLE  # this tree's (a worker may run an older one)
+
     env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve()), "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={threads}",
                f"--data_path={args.data_path}", f"--dataset={args.dataset}", f"--max_batches={args.max_batches}",
                f"--repeats={args.repeats}", *([f"--runs=[{','.join(args.runs)}]"] if args.runs else []),
+               f"--methods={','.join(METHOD_TABLE)}",
+               f"--on_policy={','.join(m for m, method in METHOD_TABLE.items() if method.on_policy)}",
                f"--scratch={args.output_dir / 'scratch'}", *overrides]
     process = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if process.returncode != 0:
@@ -240,10 +243,13 @@ def main(argv=None):
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/throughput"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--methods", help=argparse.SUPPRESS)  # the worker's: the harness's METHOD_TABLE, as this tree has it
+    parser.add_argument("--on_policy", help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
     args.runs = parse_list(args.runs) if args.runs else None
     if args.worker:
         args.threads = int(args.threads)
+        args.methods, args.on_policy = args.methods.split(","), args.on_policy.split(",")
         sys.argv = sys.argv[:1]  # RecBole's Config reads sys.argv
         return worker(args, {k.lstrip("-"): ast.literal_eval(v) if v[:1] in "[{0123456789-" or v in ("True", "False") else v
                              for k, v in (arg.split("=", 1) for arg in overrides)})

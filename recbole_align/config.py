@@ -6,7 +6,6 @@ arguments as RecBole types its own command line.
 """
 
 import json
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from recbole.config import Config
 from recbole.utils import InputType, ModelType, get_model, get_trainer
 
+from recbole_align.checks import is_integer, is_number
 from recbole_align.errors import AlignError
 from recbole_align.model.backbone import post_trainable
 from recbole_align.model.policy import NextItemPolicy
@@ -57,31 +57,23 @@ def model_class_of(saved_config):
     return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
 
 
-def _integer(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # The keys users set most (RecBole's and a few of ours), checked before any data is loaded: (key, test, what it must be).
 # (RecBole checks topk itself; a topk above the catalogue is refused once the data is loaded.)
 SETTING_CHECKS = (
-    ("epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
-    ("train_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
-    ("eval_batch_size", lambda v: _integer(v) and v > 0, "a positive integer"),
-    ("catalogue_chunk_mb", lambda v: _number(v) and v > 0, "a number of MiB > 0"),
+    ("epochs", lambda v: is_integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
+    ("train_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("eval_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("catalogue_chunk_mb", lambda v: is_number(v) and v > 0, "a number of MiB > 0"),
     ("enable_amp", lambda v: not v, "False (RecBole's fp16 autocast runs without a gradient scaler here; "
      "use mixed_precision: bf16)"),
-    ("learning_rate", lambda v: _number(v) and v > 0, "a number > 0"),
-    ("MAX_ITEM_LIST_LENGTH", lambda v: _integer(v) and v > 0, "a positive integer"),
-    ("stopping_step", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("learning_rate", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("MAX_ITEM_LIST_LENGTH", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("stopping_step", lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     ("valid_cases", lambda v: v in ("filtered", "all"), "filtered or all"),
-    ("eval_rating_threshold", lambda v: v is None or _number(v), "a number, or ~ for no rating filter"),
-    ("reward_noise_std", lambda v: _number(v) and v >= 0, "a number >= 0 (0: no noise on the training ratings)"),
+    ("eval_rating_threshold", lambda v: v is None or is_number(v), "a number, or ~ for no rating filter"),
+    ("reward_noise_std", lambda v: is_number(v) and v >= 0, "a number >= 0 (0: no noise on the training ratings)"),
     ("reward_scope", lambda v: v in ("item", "trajectory"), "item or trajectory"),
-    ("trajectory_length", lambda v: _integer(v) and v > 0, "a positive integer"),
+    ("trajectory_length", lambda v: is_integer(v) and v > 0, "a positive integer"),
 )
 
 

@@ -8,9 +8,7 @@ import pandas as pd
 COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
 COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
 PLAIN_COLUMNS = ("epoch",)  # counts, not scores: no bold, no % change
-# what the trainers log per epoch, shown in the per-epoch traces
-TRACED = ("mean_weight", "ess_share", "drpo_keep_fraction", "sample_reward", "kl_to_bc", "clip_fraction",
-          "decided_fraction")
+EPOCH_KEYS = ("epoch", "train_loss", "train_seconds")  # every trainer's epoch log; the rest is the method's own
 
 
 def markdown_table(header, rows):
@@ -94,9 +92,10 @@ def csv_rows(rows, columns):
 
 
 def trace_table(label, seed, results):
-    """One run's epochs: filtered valid NDCG@10 and the statistics its trainer logged (TRACED)."""
+    """One run's epochs: filtered valid NDCG@10 and the statistics its trainer logged (its numbers beyond
+    EPOCH_KEYS, e.g. Exp-RSFT's mean weight, PPO's KL to BC)."""
     log = results["epoch_log"]
-    keys = [key for key in TRACED if log and key in log[0]]
+    keys = [key for key, value in (log[0].items() if log else ()) if key not in EPOCH_KEYS and isinstance(value, (int, float))]
     rows = [[e["epoch"], e["valid_filtered"]["ndcg@10"], *(e[k] for k in keys)] for e in log]
     return f"{label} per epoch (seed {seed}):\n\n" + markdown_table(["epoch", "valid NDCG@10 (filtered)", *keys], rows)
 

@@ -92,7 +92,8 @@ def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
 def test_a_run_is_named_by_everything_that_decides_it(tmp_path):
     """The hash in a run's file name: another config (a user's override, a setting, the seed, a config
     file's text) is another run; the same is the same run, reused."""
-    from recbole_align.benchmark import Run, run_hash
+    from recbole_align.experiment.plan import Run
+    from recbole_align.experiment.jobs import run_hash
 
     yaml = tmp_path / "a.yaml"
     yaml.write_text("hidden_size: 8\n")
@@ -156,7 +157,8 @@ def test_runner_refuses_keys_it_sets_itself(tmp_path, ml100k_slice):
 
 
 def test_remaining_time_uses_finished_runs_of_the_same_kind():
-    from recbole_align.benchmark import Run, remaining_seconds
+    from recbole_align.experiment.plan import Run
+    from recbole_align.experiment.jobs import remaining_seconds
 
     runs = [Run("BC", "BC", 1, {}), Run("DPO", "DPO", 1, {}), Run("ExpRSFT λ=1", "ExpRSFT", 1, {}),
             Run("SASRec", "SASRec", 1, {})]
@@ -184,7 +186,8 @@ def test_runner_bad_options_fail_before_any_run(tmp_path, capsys, args, message)
 
 
 def test_methods_take_a_method_or_one_row_and_bc_trains_to_its_plateau_or_its_budget():
-    from recbole_align.benchmark import BC_PLATEAU, bc_run, method_rows
+    from recbole_align.experiment.plan import BC_PLATEAU, bc_run
+    from recbole_align.experiment.methods import method_rows
 
     assert [label for label, _, _ in method_rows(["BC", "RSFT", "ExpRSFT"])] == [
         "RSFT", "RSFT rescaled", "RSFT standardised", "ExpRSFT"]
@@ -200,7 +203,10 @@ def test_methods_take_a_method_or_one_row_and_bc_trains_to_its_plateau_or_its_bu
 
 
 def test_tuning_gives_every_row_the_same_grid_and_the_choice_reuses_its_trial():
-    from recbole_align.benchmark import grid, plan, run_hash, tuning_choice, tuning_plan
+    from recbole_align.experiment.methods import grid
+    from recbole_align.experiment.plan import plan, tuning_plan
+    from recbole_align.experiment.jobs import run_hash
+    from recbole_align.experiment.aggregate import tuning_choice
 
     methods = ["BC", "ExpRSFT", "RSFT", "PPO"]
     trials = tuning_plan(2020, methods, "HSTU", 2, 3)
@@ -221,7 +227,8 @@ def test_tuning_gives_every_row_the_same_grid_and_the_choice_reuses_its_trial():
 
 
 def test_final_epoch_view_reads_the_last_logged_epoch():
-    from recbole_align.benchmark import Run, aggregate
+    from recbole_align.experiment.plan import Run
+    from recbole_align.experiment.aggregate import aggregate
 
     def results(final_ndcg, best_epoch):
         log = [{"epoch": e, "test_filtered": {key: 0.1 * (e + 1) for key in METRICS}} for e in range(3)]
@@ -237,7 +244,8 @@ def test_final_epoch_view_reads_the_last_logged_epoch():
 
 
 def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
-    from recbole_align.benchmark import Run, table3
+    from recbole_align.experiment.plan import Run
+    from recbole_align.experiment.aggregate import table3
 
     def results(best_ndcg, final_ndcg, epochs):
         log = [{"epoch": e, "test_filtered": {key: final_ndcg for key in METRICS}} for e in range(epochs)]
@@ -253,7 +261,8 @@ def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
 
 
 def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
-    from recbole_align.benchmark import Run, noise_rows, noise_section, plan
+    from recbole_align.experiment.plan import Run, noise_rows, plan
+    from recbole_align.experiment.tables import noise_section
 
     rows = noise_rows([0.5, 2], [0, 1])
     assert [label for label, _, _ in rows] == [
@@ -289,7 +298,8 @@ def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
 
 
 def test_parallel_jobs_run_every_bc_before_the_methods_that_start_from_it(monkeypatch, tmp_path):
-    from recbole_align import benchmark
+    from recbole_align.experiment import jobs
+    from recbole_align.experiment.plan import plan
 
     started, lock = [], __import__("threading").Lock()
 
@@ -300,8 +310,8 @@ def test_parallel_jobs_run_every_bc_before_the_methods_that_start_from_it(monkey
         run.results = {"checkpoint": f"bc-{run.seed}.pth", "test_filtered": {"ndcg@10": 0.1}}
         return 1.0
 
-    monkeypatch.setattr(benchmark, "execute", fake_execute)
-    runs = benchmark.plan([1, 2], ["BC", "ExpRSFT", "PPO"], [], [], "HSTU", 2, 3, {})
-    benchmark.execute_all(runs, [], "ml-100k", tmp_path, [], [], jobs=3)
+    monkeypatch.setattr(jobs, "execute", fake_execute)
+    runs = plan([1, 2], ["BC", "ExpRSFT", "PPO"], [], [], "HSTU", 2, 3, {})
+    jobs.execute_all(runs, [], "ml-100k", tmp_path, [], [], jobs=3)
     assert sorted(label for label, _, _ in started[:2]) == ["BC", "BC"] and len(started) == len(runs) == 6
     assert all(checkpoint == f"bc-{seed}.pth" for label, seed, checkpoint in started if label != "BC")

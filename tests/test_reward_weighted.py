@@ -41,7 +41,8 @@ R = torch.tensor
 
 
 def drpo(variant="adaptive", keep=0.5, margin=0.1, **extra):
-    return {"drpo_variant": variant, "drpo_keep_fraction": keep, "drpo_tie_margin": margin, **extra}
+    controller = {"drpo_grow": 1.02, "drpo_shrink": 0.98, "drpo_std_ratio": 0.5, "drpo_min_fraction": 0.05}
+    return {"drpo_variant": variant, "drpo_keep_fraction": keep, "drpo_tie_margin": margin, **controller, **extra}
 
 
 # ---- weight functions against hand-computed values --------------------------------------------
@@ -259,6 +260,10 @@ BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambd
         ({"reward_weighting": "drpo", **drpo(keep=0)}, "drpo_keep_fraction must be in (0, 1]"),
         ({"reward_weighting": "drpo", **drpo(keep=1.5)}, "drpo_keep_fraction must be in (0, 1]"),
         ({"reward_weighting": "drpo", **drpo(margin=0)}, "drpo_tie_margin must be a number > 0"),
+        ({"reward_weighting": "drpo", **drpo(drpo_grow=0.9)}, "drpo_grow must be a number >= 1, got 0.9"),
+        ({"reward_weighting": "drpo", **drpo(drpo_shrink=True)}, "drpo_shrink must be in (0, 1], got True"),
+        ({"reward_weighting": "drpo", **drpo(drpo_std_ratio=0)}, "drpo_std_ratio must be a number > 0"),
+        ({"reward_weighting": "drpo", **drpo(keep=0.04)}, "drpo_min_fraction must be in (0, drpo_keep_fraction=0.04]"),
         ({"reward_weighting": "drpo", **drpo("fixed", drpo_threshold=None)}, "needs a numeric drpo_threshold"),
         ({"reward_weighting": "drpo", **drpo("exp", drpo_beta=0)}, "drpo_beta must be a number > 0"),
         ({"reward_weighting": "drpo", **drpo(), "reward_scope": "trajectory"}, "reward_scope=trajectory is Exp-RSFT's and RSFT's"),
@@ -422,11 +427,11 @@ def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, messa
 
 
 def test_sweep_and_tables_from_a_given_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
-    """``recbole-align sweep`` (the benchmark's λ rows) with DRPO beside them and per-epoch traces."""
+    """The λ sweep (the benchmark's Exp-RSFT row per λ) with DRPO beside them and per-epoch traces."""
     out = workdir / "sweep"
     process = run_tool(
-        workdir, "recbole_align.sweep", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        "--sweep_lambda=[2,0.5]", "--methods=[DRPO]", "--trace", f"--output_dir={out}",
+        workdir, "recbole_align.benchmark", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+        "--sweep_lambda=[2,0.5]", "--methods=[DRPO]", "--baselines=[]", "--trace", f"--output_dir={out}",
         f"--pretrained_checkpoint={exp_rsft_run['pretrained_checkpoint']}", *TINY,
     )
     assert process.returncode == 0, process.stderr[-3000:]

@@ -20,6 +20,7 @@ import math
 import torch
 from recbole.data.dataloader import TrainDataLoader
 
+from recbole_align.checks import is_integer
 from recbole_align.errors import AlignError
 
 
@@ -31,7 +32,7 @@ class LengthGroupedTrainDataLoader(TrainDataLoader):
     def __init__(self, config, dataset, sampler, shuffle=True):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
         self.group_size = config["length_group_size"]
-        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
+        if not is_integer(self.group_size) or self.group_size < 1:
             raise AlignError(f"length_group_size must be an integer >= 1, got {self.group_size!r}.")
         self.lengths = dataset.inter_feat[dataset.item_list_length_field]
         self.global_batch_size = config["train_batch_size"]

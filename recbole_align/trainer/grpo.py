@@ -8,10 +8,10 @@ the sampled items (``grpo_kl: k3``, the paper's) or the exact catalogue KL (``gr
 No critic. Hyper-parameters: recbole_align/properties/model/GRPO.yaml.
 """
 
-import math
 
 import torch
 
+from recbole_align.checks import is_integer, is_number
 from recbole_align.errors import AlignError
 from recbole_align.trainer.on_policy import log_probs_at
 from recbole_align.trainer.ppo import PPOTrainer, clipped_surrogate
@@ -65,13 +65,13 @@ def check_grpo_settings(config):
     if config["grpo_kl"] not in KL_ESTIMATORS:
         raise AlignError(f"grpo_kl must be one of {list(KL_ESTIMATORS)}, got {config['grpo_kl']!r}.")
     group_size = config["num_samples"]
-    if not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2:
+    if not is_integer(group_size) or group_size < 2:
         raise AlignError(
             f"num_samples must be an integer >= 2 (GRPO standardises the rewards within each group of "
             f"num_samples items), got {group_size!r}."
         )
     eps = config["advantage_eps"]
-    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isfinite(eps) or eps <= 0:
+    if not is_number(eps) or eps <= 0:
         raise AlignError(f"advantage_eps must be a number > 0 (it keeps the advantages finite), got {eps!r}.")
 
 

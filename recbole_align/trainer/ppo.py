@@ -12,6 +12,7 @@ from collections import namedtuple
 
 import torch
 
+from recbole_align.checks import is_integer
 from recbole_align.errors import AlignError
 from recbole_align.trainer.on_policy import OnPolicyTrainer, log_normaliser, log_probs_and_kl, sample_with_log_probs
 
@@ -86,7 +87,7 @@ class PPOTrainer(OnPolicyTrainer):
         self.clip_epsilon = config["clip_epsilon"]
         self.kl_coef = config["kl_coef"]
         self.ppo_epochs = config["ppo_epochs"]
-        if not isinstance(self.ppo_epochs, int) or isinstance(self.ppo_epochs, bool) or self.ppo_epochs < 1:
+        if not is_integer(self.ppo_epochs) or self.ppo_epochs < 1:
             raise AlignError(f"ppo_epochs must be a positive integer, got {self.ppo_epochs!r}.")
         self.rollout, self.passes_done = None, 0
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from recbole.utils import FeatureType, set_color
 
+from recbole_align.checks import is_number
 from recbole_align.distributed import broadcast_from_first, gather_batch, world_size
 from recbole_align.errors import AlignError
 from recbole_align.model.policy import next_step
@@ -205,6 +206,13 @@ class KeepFractionController:
         self.p, self.low, self.high = p0, low, high
         self.grow, self.shrink, self.std_ratio = grow, shrink, std_ratio
 
+    @classmethod
+    def from_config(cls, config):
+        """The controller of DRPO.yaml's keys (drpo_keep_fraction, drpo_grow, drpo_shrink, drpo_std_ratio,
+        drpo_min_fraction)."""
+        return cls(config["drpo_keep_fraction"], config["drpo_min_fraction"], 1.0, config["drpo_grow"],
+                   config["drpo_shrink"], config["drpo_std_ratio"])
+
     def update(self, rewards, keep):
         """Step P from this batch's rewards and kept mask; returns the new P."""
         narrow = rewards[keep].std(correction=0) < self.std_ratio * rewards.std(correction=0)
@@ -219,8 +227,7 @@ def _require(ok, message):
 
 def _positive(config, key):
     value = config[key]
-    is_number = isinstance(value, Real) and not isinstance(value, bool)
-    _require(is_number and value > 0, f"{key} must be a number > 0, got {value!r}.")
+    _require(is_number(value) and value > 0, f"{key} must be a number > 0, got {value!r}.")
 
 
 def check_config(config):
@@ -252,6 +259,13 @@ def check_config(config):
         _require(
             isinstance(p0, Real) and 0 < p0 <= 1, f"drpo_keep_fraction must be in (0, 1], got {p0!r}."
         )
+        if variant != "fixed":  # the controller's steps
+            grow, shrink, low = config["drpo_grow"], config["drpo_shrink"], config["drpo_min_fraction"]
+            _require(is_number(grow) and grow >= 1, f"drpo_grow must be a number >= 1, got {grow!r}.")
+            _require(is_number(shrink) and 0 < shrink <= 1, f"drpo_shrink must be in (0, 1], got {shrink!r}.")
+            _positive(config, "drpo_std_ratio")
+            _require(is_number(low) and 0 < low <= p0,
+                     f"drpo_min_fraction must be in (0, drpo_keep_fraction={p0}], got {low!r}.")
         if variant == "fixed":
             threshold = config["drpo_threshold"]
             _require(
@@ -372,7 +386,7 @@ class RewardWeightedTrainer(AlignTrainer):
         self.normalization = config["weight_normalization"]
         self.settings = None  # resolved from the training data in fit()
         adaptive = self.weighting == "drpo" and config["drpo_variant"] != "fixed"
-        self.controller = KeepFractionController(config["drpo_keep_fraction"]) if adaptive else None
+        self.controller = KeepFractionController.from_config(config) if adaptive else None
         self._totals = None
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):

@@ -1,0 +1,155 @@
+"""Aggregation: per row, the mean ± std over seeds of the finished runs at the final or the best epoch,
+the tuning choice, and the paired bootstrap comparisons from the per-case results."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recbole_align.data import EVAL_SPLITS
+from recbole_align.evaluator.paired import paired_difference, read_cases
+from recbole_align.experiment.methods import grid
+from recbole_align.report import COLUMNS, COST_KEYS, markdown_table
+
+
+def tuning_choice(trials):
+    """{label: the settings of its trial with the highest filtered valid NDCG@10 (at its best epoch)}
+    among the finished ``trials`` (the first on ties)."""
+    chosen = {}
+    for label in dict.fromkeys(t.label for t in trials if t.label != "BC"):
+        finished = [t for t in trials if t.label == label and t.results is not None]
+        if finished:
+            best = max(finished, key=lambda t: t.results["valid_filtered"]["ndcg@10"])
+            chosen[label] = {key: best.settings[key] for key in grid(label)[0]}
+    return chosen
+
+
+def tuning_table(trials, chosen):
+    """(markdown, csv header, csv rows): every trial's settings and filtered valid NDCG@10 at its
+    best and its final epoch, the chosen one marked."""
+    header = ["Method", "trial", "valid NDCG@10 (best epoch)", "best epoch", "valid NDCG@10 (final epoch)", "chosen"]
+    rows = []
+    for trial in trials:
+        if trial.label == "BC" or trial.results is None:
+            continue
+        keys = grid(trial.label)[0]
+        setting = ", ".join(f"{key}={trial.settings[key]}" for key in keys)
+        log = trial.results["epoch_log"]
+        final = log[-1]["valid_filtered"]["ndcg@10"] if log and "valid_filtered" in log[-1] else None
+        is_chosen = chosen.get(trial.label) == {key: trial.settings[key] for key in keys}
+        rows.append([trial.label, setting, trial.results["valid_filtered"]["ndcg@10"], trial.results["best_epoch"],
+                     final if final is not None else "n/a", "yes" if is_chosen else ""])
+    return markdown_table(header, rows), header, rows
+
+
+def mean_std(values):
+    """(mean, std over seeds; 0 for one seed) of the non-None values, or None if there are none."""
+    values = [v for v in values if v is not None]
+    return (float(np.mean(values)), float(np.std(values))) if values else None
+
+
+def metrics_at(results, split, view):
+    """The metrics of ``split`` at the run's best epoch (``view`` "best": its saved checkpoint, model
+    selection on the filtered valid cases) or at the last epoch of its budget ("final"; from the
+    per-epoch log, or the best epoch's when that was the last); None when the run did not log them."""
+    if view == "best":
+        return results[split]
+    last = results["epoch_log"][-1] if results["epoch_log"] else {}
+    if split in last:
+        return last[split]
+    return results[split] if last and last["epoch"] == results["best_epoch"] else None
+
+
+def aggregate(runs, split, view="best"):
+    """{label: {column: (mean, std)}} over seeds of the finished runs: the metrics of ``split`` at
+    ``view`` (:func:`metrics_at`), the epoch they come from, Avg Reward (best view only: it is
+    measured on the saved checkpoint) and the costs."""
+    by_label = {}
+    for run in runs:
+        if run.results is not None:
+            by_label.setdefault(run.label, []).append(run.results)
+    table = {}
+    for label, results in by_label.items():
+        at = [metrics_at(r, split, view) for r in results]
+        row = {key: mean_std([m[key] if m is not None else None for m in at]) for _, key in COLUMNS}
+        row["epoch"] = mean_std([r["epoch_log"][-1]["epoch"] if view == "final" and r["epoch_log"] else r["best_epoch"]
+                                  for r in results])
+        row["avg_reward"] = mean_std([r.get("avg_reward") for r in results]) if view == "best" else None
+        for key in COST_KEYS:
+            row[key] = mean_std([r[key] for r in results])
+        row["stopped_early"] = sum(r["epochs_run"] is not None and r["epochs_run"] < r["config"]["epochs"] for r in results)
+        row["seeds"] = len(results)
+        table[label] = row
+    return table
+
+
+def result_row(results):
+    """A flat row of a results dict: ``<split>/<metric>`` for every split (best epoch), the best and final
+    epoch, ``final_valid_filtered/<metric>``, ``final_test_filtered/<metric>`` (when logged), Avg Reward
+    and the costs."""
+    row = {f"{split}/{metric}": value for split in EVAL_SPLITS for metric, value in results[split].items()}
+    log = results["epoch_log"]
+    row["best_epoch"] = results["best_epoch"]
+    row["final_epoch"] = log[-1]["epoch"] if log else None
+    for split in ("valid_filtered", "test_filtered"):
+        final = metrics_at(results, split, "final") or {}
+        row.update({f"final_{split}/{metric}": final.get(metric) for metric in results[split]})
+    row["avg_reward"] = results.get("avg_reward")
+    row.update({key: results[key] for key in COST_KEYS})
+    return row
+
+
+def run_record(run):
+    """One row of runs.csv: the run's label, model, seed, settings of the benchmark and result_row."""
+    settings = {key: value for key, value in run.settings.items() if key not in ("seed", "checkpoint_file", "pretrained_checkpoint")}
+    return {"run": run.label, "model": run.model, "seed": run.seed, **settings, **result_row(run.results),
+            "results_file": str(run.results_file), "checkpoint": run.results["checkpoint"]}
+
+
+def table3(runs, split, view, labels):
+    """Table 3 rows of ``split`` at ``view`` (without the λ sweep), with the epoch column; BC's row is
+    always its best epoch, the checkpoint that every method starts from."""
+    rows = {**aggregate(runs, split, view), **{k: v for k, v in aggregate(runs, split).items() if k == "BC"}}
+    return {label: rows[label] for label in labels if label in rows}
+
+
+def comparisons(labels):
+    """The paired comparisons (A, B): every post-training row against BC and against the ContinuedBC
+    control, and Exp-RSFT against every RSFT row."""
+    post = [label for label in labels if label not in ("BC",)]
+    pairs = [(label, "BC") for label in post]
+    if "ContinuedBC" in labels:
+        pairs += [(label, "ContinuedBC") for label in post if label != "ContinuedBC"]
+    pairs += [(a, b) for a in labels if a.startswith("ExpRSFT") for b in labels if b.startswith("RSFT")]
+    return pairs
+
+
+def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
+    """(markdown, records) of the paired bootstrap comparisons (:func:`comparisons`) on the rating-filtered
+    test cases at ``view`` (``final`` or ``best``; BC always at its best epoch, the starting checkpoint):
+    the difference of the seeds' mean per case and its 95% interval, pooled over the seeds that both
+    rows finished, and per seed; None when no run wrote per-case results."""
+    cases = {(r.label, r.seed): r.results.get("cases_file") for r in runs if r.results is not None}
+    cases = {key: path for key, path in cases.items() if path and Path(path).is_file()}
+    rows, records = [], []
+    for a, b in comparisons(labels):
+        seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
+        if not seeds:
+            continue
+        ranks = {label: [read_cases(cases[label, seed], view="best" if label == "BC" else view) for seed in seeds]
+                 for label in (a, b)}
+        for metric in metrics:
+            pooled = paired_difference(ranks[a], ranks[b], metric)
+            per_seed = [paired_difference([x], [y], metric) for x, y in zip(ranks[a], ranks[b])]
+            records += [{"a": a, "b": b, "metric": metric, "seed": seed, **result}
+                        for seed, result in [("pooled", pooled), *zip(seeds, per_seed)]]
+            rows.append({
+                "A vs B": f"{a} vs {b}", "metric": metric, "A": f"{pooled['mean_a']:.4f}", "B": f"{pooled['mean_b']:.4f}",
+                "difference": f"{pooled['difference']:+.4f} ({100 * pooled['relative']:+.1f}%)",
+                "95% CI": f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]" + (" *" if pooled["significant"] else ""),
+                "per seed": "; ".join(f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" + (" *" if r["significant"] else "")
+                                      for r in per_seed),
+            })
+    if not rows:
+        return None
+    return pd.DataFrame(rows).to_markdown(index=False), records

@@ -1,0 +1,122 @@
+"""Execution: each run a process of ``python -m recbole_align`` whose results JSON names it by a hash of
+what decides its results, reused when it exists (and its data files are unchanged), resumed from its
+last epoch when interrupted, ``jobs`` at a time."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from time import time
+
+import numpy as np
+
+from recbole_align.data import stale_inputs
+from recbole_align.experiment.plan import bc_checkpoint_of, kind
+from recbole_align.report import COST_KEYS
+from recbole_align.trainer.align_trainer import last_state_file
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent  # where the runs' processes import recbole_align from
+
+
+def run_hash(run, dataset, config_files, user_args):
+    """12 hex digits naming everything that decides a run's results (model, data, config, seed)."""
+    files = {str(f): Path(f).read_text() for f in config_files}
+    key = {"model": run.model, "dataset": dataset, "seed": run.seed, "settings": run.settings,
+           "files": files, "args": sorted(user_args)}
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def execute(run, dataset, output_dir, config_files, user_args):
+    """Run ``run`` in its own process (or reuse its results JSON); returns the seconds it took (0 if reused)."""
+    name = run.label.replace(" λ=", "-lambda").replace(" ", "-")
+    stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
+    results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
+    run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
+    run.results_file = results_file
+    last_state = Path(last_state_file(run.settings["checkpoint_file"]))  # an interrupted run goes on from there
+    if results_file.is_file():
+        run.results = json.loads(results_file.read_text())
+        if "inputs" not in run.results:  # written before runs recorded their inputs (2026-12-05): kept as it is
+            return 0.0
+        changes = stale_inputs(results_file)
+        if not changes:
+            return 0.0
+        print(f"{run.label} seed {run.seed}: running again, {'; '.join(changes)}", flush=True)
+        run.results = None
+        results_file.unlink()
+        last_state.unlink(missing_ok=True)  # its last state is the old data's finished training
+    run.resumed = last_state.is_file()
+    start = time()
+    command = [
+        sys.executable, "-m", "recbole_align", f"--model={run.model}", f"--dataset={dataset}",
+        *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
+        *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
+        f"--results_file={results_file}", *([f"--resume={last_state}"] if run.resumed else []),
+        *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))))}
+    with open(log_file, "a" if run.resumed else "w") as log:
+        process = subprocess.run(command, cwd=output_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if process.returncode == 0 and results_file.is_file():
+        run.results = json.loads(results_file.read_text())
+    else:
+        lines = log_file.read_text().strip().splitlines() or ["no output"]
+        run.error = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1])
+    return time() - start
+
+
+def training_costs(checkpoint):
+    """COST_KEYS of the run that trained ``checkpoint``, from the results JSON it wrote beside it (None
+    each when there is none): a given BC checkpoint's costs, which its 0-epoch evaluation does not have."""
+    trained = Path(checkpoint).with_suffix(".json")
+    values = json.loads(trained.read_text()) if trained.is_file() else {}
+    return {key: values.get(key) for key in COST_KEYS}
+
+
+def remaining_seconds(runs, spent):
+    """Estimated seconds of ``runs``: the mean of the finished runs with the same label (another
+    seed's), else of their kind, else of all runs. ``spent``: {label or kind: [seconds]}."""
+    overall = [s for key, seconds in spent.items() if key in ("BC", "post", "baseline") for s in seconds]
+    if not overall:
+        return 0.0
+    return sum(np.mean(spent.get(run.label) or spent.get(kind(run), overall)) for run in runs)
+
+
+def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage="", jobs=1):
+    """Run ``runs``, ``jobs`` processes at a time: the BC runs and the baselines first, then every
+    post-training run from its seed's BC; printing progress."""
+    start, spent, done, lock = time(), {}, [0], threading.Lock()
+
+    def one(run):
+        if run.label != "BC" and run.model not in baselines:
+            bc = next(r for r in runs if r.label == "BC" and r.seed == run.seed)
+            if bc.results is None:
+                run.error = f"its BC run failed ({bc.error})"
+                with lock:
+                    done[0] += 1
+                    print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
+                return
+            run.settings["pretrained_checkpoint"] = bc_checkpoint_of(bc.results)
+        seconds = execute(run, dataset, output_dir, config_files, user_args)
+        if run.label == "BC" and run.model != "BC" and run.results is not None:
+            run.results.update(training_costs(run.results["pretrained_checkpoint"]))
+        with lock:
+            done[0] += 1
+            if seconds:
+                for key in {run.label, kind(run)}:
+                    spent.setdefault(key, []).append(seconds)
+            left = remaining_seconds([r for r in runs if r.results is None and r.error is None], spent) / jobs
+            status = (f"failed: {run.error}" if run.error else
+                      f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
+                      + (" (reused)" if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
+            print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
+                  f"~{left:.0f} s left", flush=True)
+
+    first = [run for run in runs if run.label == "BC" or run.model in baselines]
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for group in (first, [run for run in runs if not any(run is f for f in first)]):
+            list(pool.map(one, group))

@@ -1,0 +1,219 @@
+"""The benchmark's report: table.md (Table 3 at the final and best epoch, unfiltered metrics, Table 2,
+paired differences, costs, the sweeps, tuning, traces), the CSV files and the plots."""
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from recbole_align.diagnostics import PREDICTORS, run_diagnostics
+from recbole_align.errors import AlignError
+from recbole_align.experiment.aggregate import (
+    aggregate, mean_std, paired_tables, run_record, table3, tuning_table,
+)
+from recbole_align.experiment.methods import SHARED_GRID, grid
+from recbole_align.experiment.plan import BC_PLATEAU, NOISE_METHODS, bc_checkpoint_of, kind, noise_label
+from recbole_align.pretrained import read_pretrained
+from recbole_align.report import (
+    COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
+    trace_table, write_records, write_table,
+)
+
+
+def reward_model_table(runs, dataset, output_dir, overrides):
+    """Table 2 (MSE, MAE of the reward head and the naive predictors; mean ± std over the seeds' BC
+    checkpoints) as (markdown, csv header, csv rows), or None without a finished BC."""
+    checkpoints = dict.fromkeys(bc_checkpoint_of(r.results) for r in runs if r.label == "BC" and r.results is not None)
+    checkpoints = [c for c in checkpoints if Path(c).is_file()]  # a reused BC JSON may outlive its checkpoint
+    checkpoints = [c for c in checkpoints if read_pretrained(c)["config"]["reward_head"]]
+    if not checkpoints:
+        return None
+    errors = []
+    for checkpoint in checkpoints:
+        folder = output_dir / "diagnostics" / Path(checkpoint).stem
+        errors.append(run_diagnostics(dataset, checkpoint, (), folder, overrides)["reward_model"])
+    rows = {}
+    for metric in ("MSE", "MAE"):
+        rows[metric] = {name: mean_std([e[name][metric] for e in errors]) for name in PREDICTORS}
+        rows[metric]["seeds"] = len(errors)
+    header = ["metric", *(f"{name} {s}" for name in PREDICTORS for s in ("mean", "std"))]
+    csv = [[metric, *(v for name in PREDICTORS for v in row[name])] for metric, row in rows.items()]
+    columns = [(name, name) for name in PREDICTORS]
+    return format_table(rows, columns, base=None, bold_best=False, first="Metric"), header, csv
+
+
+def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
+    """The reward-noise sweep (Theorem 4.4's robustness-improvement trade-off of λ): per view (final
+    epoch, best validation epoch) a table of filtered test NDCG@10 (mean ± std over seeds) per row
+    (Exp-RSFT at each λ, RSFT, DRPO) and noise std σ, with the λ that the filtered test and valid
+    NDCG@10 pick at each σ; writes noise_sweep.csv and noise_sweep.png (final epoch). Returns the
+    markdown parts."""
+    bases = [*(f"ExpRSFT λ={lam:g}" for lam in lambdas), *(label for label, _, _ in NOISE_METHODS)]
+    scores = {(view, split): aggregate(runs, split, view) for view in ("final", "best")
+              for split in ("test_filtered", "valid_filtered")}
+
+    def ndcg(view, split, base, sigma):
+        row = scores[view, split].get(noise_label(base, sigma))
+        return row["ndcg@10"] if row else None
+
+    def picked_lambda(view, split, sigma):
+        scored = [(ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)[0], lam) for lam in lambdas
+                  if ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)]
+        return max(scored)[1] if scored else None
+
+    parts, records = [], []
+    for view, heading in (("final", "at the final epoch of the budget"), ("best", "at the best validation epoch")):
+        lines = [[base, *(f"{c[0]:.4f} ± {c[1]:.4f}" if c else "n/a"
+                          for c in (ndcg(view, "test_filtered", base, sigma) for sigma in noise_levels))] for base in bases]
+        for split in ("test_filtered", "valid_filtered"):
+            picks = (picked_lambda(view, split, sigma) for sigma in noise_levels)
+            lines.append([f"λ picked by {split.split('_')[0]} NDCG@10", *("n/a" if lam is None else f"{lam:g}" for lam in picks)])
+        parts += [f"## Reward noise: filtered test NDCG@10 {heading}",
+                  markdown_table(["Row", *(f"σ={sigma:g}" for sigma in noise_levels)], lines)]
+        records += [{"view": view, "sigma": sigma, "row": base, "seeds": scores[view, "test_filtered"][noise_label(base, sigma)]["seeds"],
+                     **{f"{split}/ndcg@10_{stat}": value for split in ("test_filtered", "valid_filtered")
+                        for stat, value in zip(("mean", "std"), ndcg(view, split, base, sigma))}}
+                    for base in bases for sigma in noise_levels if ndcg(view, "test_filtered", base, sigma)]
+    write_records(output_dir / "noise_sweep.csv", records)
+
+    curves = {f"σ={sigma:g}": [(lam, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for lam in lambdas
+                               if ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)] for sigma in noise_levels}
+    picked = {sigma: picked_lambda("final", "valid_filtered", sigma) for sigma in noise_levels}
+    against_noise = {"Exp-RSFT, λ picked on valid": [
+        (sigma, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for sigma, lam in picked.items() if lam is not None]}
+    against_noise.update({m: [(sigma, ndcg("final", "test_filtered", m, sigma)) for sigma in noise_levels
+                              if ndcg("final", "test_filtered", m, sigma)] for m, _, _ in NOISE_METHODS})
+    bc = scores["best", "test_filtered"].get("BC", {}).get("ndcg@10")
+    plot_noise_sweep(curves, against_noise, output_dir / "noise_sweep.png",
+                     f"{dataset}: training ratings + N(0, σ²) noise (final epoch)", bc)
+    return [*parts, "![reward-noise sweep: NDCG@10 against λ per σ, and against σ](noise_sweep.png)"]
+
+
+def hardware():
+    """One line: CPU model and cores, or the GPU; torch version."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+        device = f"{os.cpu_count()}-core CPU {model}".strip()
+    return f"{device}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+REWARD_MODEL_NOTE = (
+    "What the reward model sees: r̂(s, a) is the reward head on the BC backbone's state at the case; with HSTU "
+    "that state is conditioned on the held-out item's timestamp (HSTU's target-aware time encoding, as the "
+    "reference code); the user, item and global means are not given it. The head's offset is the mean of "
+    "all training ratings, so at initialisation it is the Global Mean predictor."
+)
+
+
+def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None,
+                  noise_levels=()):
+    """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen)."""
+    best = table3(runs, "test_filtered", "best", labels)
+    if not best:
+        raise AlignError("no run finished: nothing to tabulate (see the logs under runs/).")
+    final = table3(runs, "test_filtered", "final", labels)
+    reward_columns = [("Avg Reward", "avg_reward")] if any(r["avg_reward"] for r in best.values()) else []
+    epoch_column = [("epoch", "epoch")]
+    sample = next(r.results for r in runs if r.results is not None)
+    seeds = sorted({r.seed for r in runs})
+    budget = f"{args.epochs} post-training epochs (no early stopping), " + (
+        f"BC the given checkpoint {args.pretrained_checkpoint}" if args.pretrained_checkpoint
+        else f"BC {args.bc_epochs} epochs" if args.bc_epochs is not None
+        else f"BC to its plateau (at most {BC_PLATEAU['epochs']} epochs, stopped after {BC_PLATEAU['stopping_step']} "
+             f"without a better NDCG@10 on all the valid cases)")
+    parts = [
+        f"# Benchmark: {args.dataset}, backbone {args.backbone}, seeds {seeds}",
+        f"Test cases rated >= {sample['eval_rating_threshold']}: {sample['n_test_filtered']} of {sample['n_test']}. "
+        f"Budget: {budget}. Mean ± std over {len(seeds)} seed(s); % change from BC's mean; best mean per column "
+        f"in bold; `epoch`: the (0-based) epoch the metrics come from. Avg Reward: the seed's BC reward head "
+        f"scoring the policy's samples (saved checkpoint)."
+        + (f" Baselines: RecBole's own training and early stopping, budget (epochs) {args.baseline_epochs}."
+           if any(r.model == r.label and kind(r) == "baseline" for r in runs) else ""),
+        "## Table 3 at the final epoch of the budget (rating-filtered test cases)",
+        "The paper's view: every method trained for the fixed budget. BC: its best epoch (the starting checkpoint).",
+        format_table(final, [*COLUMNS, *epoch_column]),
+        "## Table 3 at the best validation epoch (rating-filtered test cases)",
+        "Model selection: each run's checkpoint with the best filtered valid NDCG@10.",
+        format_table(best, [*COLUMNS, *reward_columns, *epoch_column]),
+        "## Unfiltered test cases (best validation epoch)",
+        format_table(table3(runs, "test", "best", labels), COLUMNS),
+        "## Unfiltered test cases (final epoch)",
+        format_table(table3(runs, "test", "final", labels), COLUMNS),
+    ]
+    keys = [key for _, key in COLUMNS]
+    write_table(output_dir / "table.csv", *csv_rows(best, [*keys, "avg_reward", "epoch"]))
+    write_table(output_dir / "table_final.csv", *csv_rows(final, [*keys, "epoch"]))
+    write_table(output_dir / "unfiltered.csv", *csv_rows(aggregate(runs, "test"), keys))
+    table2 = reward_model_table(runs, args.dataset, output_dir, overrides)
+    if table2 is not None:
+        parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", REWARD_MODEL_NOTE, table2[0]]
+        write_table(output_dir / "reward_model.csv", table2[1], table2[2])
+    else:
+        parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs with a reward head is on "
+                     "disk (any more).")
+    for view, title in (("final", "the final epoch of the budget"), ("best", "the best validation epoch")):
+        paired = paired_tables(runs, labels, view)
+        if paired is None:
+            continue
+        parts += [f"## Paired differences at {title} (rating-filtered test cases)",
+                  f"The paired bootstrap over the {sample['n_test_filtered']} cases (10,000 resamples; per case, the "
+                  f"difference averaged over the seeds both rows finished): mean difference A - B, % of B, and its 95% "
+                  f"interval; * marks an interval that excludes 0. BC at its best epoch, the starting checkpoint.",
+                  paired[0]]
+        write_records(output_dir / f"paired_{view}.csv", paired[1])
+    costs = aggregate(runs, "test_filtered")
+    write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
+    parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
+    baselines = [label for label in labels if any(r.label == label and kind(r) == "baseline" for r in runs)]
+    plot_epochs(runs, [label for label in labels if label not in baselines], output_dir / "epochs.png",
+                f"{args.dataset}, backbone {args.backbone}")
+    parts.append("![per-epoch filtered valid and test NDCG@10 (Figure 2)](epochs.png)")
+    if baselines:
+        plot_epochs(runs, ["BC", *baselines], output_dir / "baselines.png", f"{args.dataset}: training curves",
+                    xlabel="training epoch", curve_of_bc=True)
+        parts.append("![per-epoch filtered valid and test NDCG@10 of BC and the baselines](baselines.png)")
+    if lambdas:
+        sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
+                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k and "σ=" not in k}}
+                 for view in ("final", "best")}
+        points = [(lam, sweep["final"][f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas
+                  if f"ExpRSFT λ={lam:g}" in sweep["final"]]
+        plot_against_lambda({"Exp-RSFT": points}, output_dir / "lambda_sweep.png",
+                            f"Exp-RSFT λ sweep on {args.dataset} (final epoch)", sweep["final"].get("BC", {}).get("ndcg@10"))
+        parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
+                  "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
+                  format_table(sweep["best"], [*COLUMNS, *epoch_column])]
+    if noise_levels:
+        parts += noise_section(runs, lambdas, noise_levels, output_dir, args.dataset)
+    trials = []
+    if tuning is not None:
+        trials, chosen = tuning
+        markdown, header, rows = tuning_table(trials, chosen)
+        write_table(output_dir / "tuning.csv", header, rows)
+        untuned = [label for label in dict.fromkeys(t.label for t in trials if t.label != "BC") if label not in chosen]
+        parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(t.label for t in trials if t.label != 'BC')))} trials per method, the same grid "
+                  f"shape for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
+                  f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
+        if untuned:
+            parts.append(f"No trial finished for {', '.join(untuned)}: those rows ran at their yaml defaults.")
+    failed = [f"- {r.label}, seed {r.seed}{tag}: {r.error}"
+              for group, tag in ((trials, " (tuning trial)"), (runs, "")) for r in group if r.error]
+    if failed:
+        parts += ["## Failed runs (left out of the tables)", "\n".join(failed)]
+    if args.trace:
+        parts += ["## Per-epoch traces (filtered valid NDCG@10 and what each trainer logs)",
+                  *(trace_table(r.label, r.seed, r.results) for r in runs
+                    if r.results is not None and r.label != "BC" and kind(r) == "post")]
+    write_records(output_dir / "runs.csv", [run_record(r) for r in runs if r.results is not None])
+    trained = sum(r.results["train_seconds"] or 0 for r in runs if r.results is not None)
+    parts += [
+        f"Hardware: {hardware()}. Training time of all runs: {trained:.0f} s; wall time of this invocation: "
+        f"{wall_seconds:.0f} s (runs reused from an earlier invocation cost it nothing).",
+        f"    {command}",
+    ]
+    (output_dir / "table.md").write_text("\n\n".join(parts) + "\n")
+    return "\n\n".join(parts)
