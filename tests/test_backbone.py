@@ -95,6 +95,7 @@ def test_backbones_that_cannot_be_post_trained_are_refused(name):
         backbone_spec(name)
 
 
+@pytest.mark.slow
 def test_sasrec_backbone_bc_then_post_training_cli(tmp_path, ml100k_slice):
     common = ("--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", "--backbone=SASRec")
     args = tiny(*SASREC_TINY)

@@ -61,6 +61,7 @@ def benchmark(cwd, data_path, *args):
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_runner_writes_every_output_and_resumes(tmp_path, ml100k_slice):
     process = benchmark(tmp_path, ml100k_slice, "--jobs=2")
     assert process.returncode == 0, process.stderr[-3000:]
@@ -117,6 +118,7 @@ def test_parse_budgets():
             parse_budgets(bad, ["SASRec", "GRU4Rec"])
 
 
+@pytest.mark.slow
 def test_interrupted_baseline_resumes_from_its_last_epoch(tmp_path, ml100k_slice):
     """A baseline killed mid-training (after its first validated epoch) goes on from its ``.last.pth``
     when the command is run again, and ends where an uninterrupted run of the same command ends."""
@@ -151,6 +153,7 @@ def test_interrupted_baseline_resumes_from_its_last_epoch(tmp_path, ml100k_slice
     assert finished["test_filtered"] == uninterrupted["test_filtered"]
 
 
+@pytest.mark.slow
 def test_runner_refuses_keys_it_sets_itself(tmp_path, ml100k_slice):
     process = benchmark(tmp_path, ml100k_slice, "--seed=1")
     assert process.returncode == 2 and "sets ['seed'] itself" in process.stderr

@@ -35,6 +35,7 @@ def check_results(results, model, data_path):
     assert results["train_seconds"] > 0
 
 
+@pytest.mark.slow
 def test_hstu_end_to_end(tmp_path, ml100k_slice):
     process, results = run_cli(
         tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny("--epochs=2")
@@ -54,6 +55,7 @@ def test_hstu_end_to_end(tmp_path, ml100k_slice):
     ("SASRec", ["--hidden_size=8", "--inner_size=8", "--n_layers=1"]),
     ("FPMC", ["--embedding_size=8"]),  # BPR: trains on RecBole's sampled negatives (recbole_align/properties/baseline/FPMC.yaml)
 ])
+@pytest.mark.slow
 def test_recbole_baseline_through_the_same_entry_point(tmp_path, ml100k_slice, model, size):
     process, results = run_cli(
         tmp_path, f"--model={model}", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
@@ -121,6 +123,7 @@ def test_clear_errors(tmp_path, ml100k_slice, args, message):
     "column, message",
     [("rating:float", "needs a rating field"), ("timestamp:float", "needs a timestamp")],
 )
+@pytest.mark.slow
 def test_missing_fields(tmp_path, ml100k_slice, column, message):
     name = f"no-{column.split(':')[0]}"
     data_path = without_column(ml100k_slice, column, name)
@@ -147,6 +150,7 @@ def three_interactions(frame):
     (three_interactions, "leaves no valid case: leave-one-out needs users with at least 4 interactions"),
     (one_user_29_items, "topk [10, 50] asks for 50 items, but dataset [changed] has only 29: set a smaller topk"),
 ])
+@pytest.mark.slow
 def test_unusable_data(tmp_path, ml100k_slice, change, message):
     frame = pd.read_csv(Path(ml100k_slice) / "ml-100k-slice" / "ml-100k-slice.inter", sep="\t")
     data_path = write_atomic(tmp_path / "data", "changed", change(frame))
@@ -156,6 +160,7 @@ def test_unusable_data(tmp_path, ml100k_slice, change, message):
     assert process.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_in_one_folder(tmp_path, ml100k_slice):
     """RecBole 1.2.1 creates ./log racily (FileExistsError; recbole_align.compat.init_logger) and names
     both checkpoints <model>-<time>.pth when they start in the same second (the trainer adds the pid)."""
@@ -169,6 +174,7 @@ def test_two_runs_started_together_in_one_folder(tmp_path, ml100k_slice):
     assert first["checkpoint"] != second["checkpoint"]  # RecBole names both <model>-<time>.pth
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, ml100k_slice):
     runs = []
     for name in ("first", "second"):
@@ -183,6 +189,7 @@ def test_same_seed_same_metrics(tmp_path, ml100k_slice):
     assert [e["train_loss"] for e in runs[0]["epoch_log"]] == [e["train_loss"] for e in runs[1]["epoch_log"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["results_file", "checkpoint_dir"])
 def test_unwritable_output_fails_before_training(tmp_path, ml100k_slice, key):
     blocker = tmp_path / "a-file"
@@ -198,6 +205,7 @@ def test_unwritable_output_fails_before_training(tmp_path, ml100k_slice, key):
     assert not list(tmp_path.glob("**/*.pth"))  # nothing trained or saved
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains(tmp_path, ml100k_slice):
     process, results = run_cli(
         tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny("--mixed_precision=bf16")

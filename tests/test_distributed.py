@@ -92,6 +92,7 @@ def _rank_random_states(rank, port, output):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_a_multi_process_checkpoint_keeps_every_process_random_states(tmp_path):
     """The last state of a multi-process run holds the random states of every rank (gathered), and each
     rank of the resumed run takes its own (rank 0's in every rank gave all ranks the same negatives)."""
@@ -104,6 +105,7 @@ def test_a_multi_process_checkpoint_keeps_every_process_random_states(tmp_path):
     assert states[0]["train_data"].tolist() != states[1]["train_data"].tolist()
 
 
+@pytest.mark.slow
 def test_reward_weighted_gradient_is_the_whole_batch_gradient_across_ranks(tmp_path):
     """Ranks with unequal numbers of positions: DDP's mean of their gradients is the gradient of the
     whole batch's loss in one process (DRPO's top half and both normalisations taken over the batch)."""
@@ -146,6 +148,7 @@ def drpo_two_processes(tmp_path_factory, ml100k_slice):
     return results
 
 
+@pytest.mark.slow
 @two_devices
 def test_bc_and_drpo_train_on_two_processes(drpo_two_processes):
     results = drpo_two_processes

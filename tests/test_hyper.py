@@ -10,6 +10,7 @@ from conftest import run_cli, tiny
 from recbole_align import hyper
 
 
+@pytest.mark.slow
 def test_exhaustive_search_over_reward_lambda(tmp_path, ml100k_slice):
     params_file = tmp_path / "lambda.hyper"
     params_file.write_text("reward_lambda choice [0.5,2]\n")

@@ -1,5 +1,6 @@
 """Length-grouped training batches: every sequence once per epoch, similar lengths together, seeded."""
 
+import pytest
 import torch
 
 from conftest import run_cli, tiny
@@ -55,6 +56,7 @@ def test_ranks_share_each_batch():
         assert sorted(first.tolist() + second.tolist()) == sorted(batch.tolist())
 
 
+@pytest.mark.slow
 def test_cli_run_with_length_grouped_batches(tmp_path, ml100k_slice):
     process, results = run_cli(
         tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",

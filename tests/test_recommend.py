@@ -1,6 +1,7 @@
 """recbole-align recommend: the top-K items of chosen users, history excluded, with the .item titles."""
 
 import pandas as pd
+import pytest
 
 from conftest import ML100K_INTER, run_cli, run_in_process, run_tool, tiny, write_atomic
 from recbole_align import recommend as recommend_command
@@ -12,6 +13,7 @@ def recommend_cli(cwd, *args):
     return run_tool(cwd, "recbole_align", "recommend", *args)
 
 
+@pytest.mark.slow
 def test_recommend_ranks_like_the_evaluation_and_excludes_the_history(tmp_path):
     frame = pd.read_csv(ML100K_INTER, sep="\t")
     frame = frame[frame["user_id:token"].isin(sorted(frame["user_id:token"].unique())[:40])]
@@ -45,6 +47,7 @@ def test_recommend_ranks_like_the_evaluation_and_excludes_the_history(tmp_path):
     assert hits / len(users) == results["test"]["hit@10"]  # the same ranking as the evaluation's
 
 
+@pytest.mark.slow
 def test_recommend_errors(tmp_path, ml100k_slice):
     process, results = run_cli(tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
                                *tiny("--epochs=1"))

@@ -329,6 +329,7 @@ def check_post_training(results, model):
         assert ("drpo_keep_fraction" in epoch) == (model == "DRPO")
 
 
+@pytest.mark.slow
 def test_exp_rsft_trains_the_bc_stage_then_post_trains(exp_rsft_run):
     check_post_training(exp_rsft_run, "ExpRSFT")
     bc = Path(exp_rsft_run["pretrained_checkpoint"])
@@ -337,6 +338,7 @@ def test_exp_rsft_trains_the_bc_stage_then_post_trains(exp_rsft_run):
     assert exp_rsft_run["epoch_log"][0]["mean_weight"] <= 1  # exp((r - r_max)/λ) <= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--reward_scope=trajectory", "--trajectory_length=5"], ["--reward_noise_std=0.5"]])
 def test_exp_rsft_with_trajectory_weights_or_noisy_ratings(workdir, ml100k_slice, exp_rsft_run, args):
     process, results = run_cli(
@@ -362,6 +364,7 @@ def test_bc_stage_key_holds_the_noise_only_with_a_reward_head():
     assert bc_path("ExpRSFT") == bc_path("ExpRSFT", reward_scope="trajectory")  # a post-training key
 
 
+@pytest.mark.slow
 def test_rsft_from_the_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
     bc = exp_rsft_run["pretrained_checkpoint"]
     process, results = run_cli(
@@ -378,6 +381,7 @@ def test_rsft_from_the_bc_checkpoint(workdir, ml100k_slice, exp_rsft_run):
     assert 1 <= results["epoch_log"][0]["mean_weight"] <= 5  # w = r, the mean training rating
 
 
+@pytest.mark.slow
 def test_drpo_from_the_bc_checkpoint_adapts_the_kept_fraction(workdir, ml100k_slice, exp_rsft_run):
     bc = exp_rsft_run["pretrained_checkpoint"]
     process, results = run_cli(
@@ -415,6 +419,7 @@ def text_ratings(frame):
         (lambda f: f.drop(columns=["rating:float"]), ["--eval_rating_threshold=None"], "has no rating field [rating]"),
     ],
 )
+@pytest.mark.slow
 def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, message):
     data_path = rewritten_slice(ml100k_slice, tmp_path, change)
     process, results = run_cli(
@@ -426,6 +431,7 @@ def test_rating_errors(tmp_path, ml100k_slice, exp_rsft_run, change, args, messa
     assert "Traceback" not in process.stderr and process.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow
 def test_sweep_and_tables_from_a_given_bc_checkpoint_without_reward_head(workdir, ml100k_slice, exp_rsft_run):
     """The λ sweep (the benchmark's Exp-RSFT row per λ) with DRPO beside them and per-epoch traces."""
     out = workdir / "sweep"
@@ -466,6 +472,7 @@ def sasrec_checkpoint(workdir, ml100k_slice):
     return results["checkpoint"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other model", "other dataset", "other catalogue"])
 def test_pretrained_checkpoint_refusals(tmp_path, ml100k_slice, exp_rsft_run, sasrec_checkpoint, case):
     bc, dataset, data_path = exp_rsft_run["pretrained_checkpoint"], "ml-100k-slice", ml100k_slice
@@ -490,6 +497,7 @@ def test_pretrained_checkpoint_refusals(tmp_path, ml100k_slice, exp_rsft_run, sa
     assert message in process.stderr and "Traceback" not in process.stderr
 
 
+@pytest.mark.slow
 def test_a_bc_stage_is_reused_on_the_same_data_and_retrained_on_changed_data(tmp_path):
     """The BC checkpoint of a post-training run is reused only while the atomic files it was trained on are
     unchanged (size and content): a user who fixes the .inter file gets a BC trained on the fixed data."""

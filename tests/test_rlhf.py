@@ -214,6 +214,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_reward_head_learns_a_planted_rating_rule(one_thread):
     rng = random.Random(0)
     model = make_model("CE", n_items=41, reward_head=True, dropout_prob=0.0)
@@ -255,6 +256,7 @@ def ppo_run(workdir, ml100k_slice):
     return run_cli(workdir, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS)
 
 
+@pytest.mark.slow
 def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
     process, results = ppo_run
     assert process.returncode == 0, process.stderr[-2000:]
@@ -271,6 +273,7 @@ def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
     assert head and all(torch.equal(bc["state_dict"][k], ppo["state_dict"][k]) for k in head)  # frozen
 
 
+@pytest.mark.slow
 def test_dpo_cli_runs_from_the_same_bc_checkpoint(workdir, ml100k_slice, ppo_run):
     process, results = run_cli(
         workdir, "--model=DPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
@@ -292,6 +295,7 @@ def without_reward_head(checkpoint_file, path):
     return path
 
 
+@pytest.mark.slow
 def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, ppo_run, tmp_path):
     no_head = without_reward_head(ppo_run[1]["pretrained_checkpoint"], tmp_path / "bc-no-head.pth")
     process, _ = run_cli(
@@ -302,6 +306,7 @@ def test_ppo_refuses_a_bc_checkpoint_without_reward_head(workdir, ml100k_slice, 
     assert process.stderr.strip().splitlines()[-1].startswith("recbole-align: error: PPO needs a reward head")
 
 
+@pytest.mark.slow
 def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_path):
     process, results = run_cli(
         tmp_path, "--model=PPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
@@ -311,6 +316,7 @@ def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_pa
     assert process.stderr.strip().splitlines()[-1] == "recbole-align: error: ppo_epochs must be a positive integer, got 0."
 
 
+@pytest.mark.slow
 def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, ml100k_slice, ppo_run):
     process, results = run_cli(
         workdir, "--model=GRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
@@ -329,6 +335,7 @@ def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, 
                         "of num_samples items), got 1."),
     ("--advantage_eps=0", "advantage_eps must be a number > 0 (it keeps the advantages finite), got 0."),
 ], ids=["grpo_kl", "num_samples", "advantage_eps"])
+@pytest.mark.slow
 def test_grpo_refuses_settings_that_cannot_run(ml100k_slice, ppo_run, tmp_path, setting, message):
     process, results = run_cli(
         tmp_path, "--model=GRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
@@ -338,6 +345,7 @@ def test_grpo_refuses_settings_that_cannot_run(ml100k_slice, ppo_run, tmp_path, 
     assert process.stderr.strip().splitlines()[-1] == f"recbole-align: error: {message}"
 
 
+@pytest.mark.slow
 def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, ppo_run, tmp_path):
     bc, ppo = ppo_run[1]["pretrained_checkpoint"], ppo_run[1]["checkpoint"]
     no_head = without_reward_head(bc, tmp_path / "bc-no-head.pth")  # a policy trained without a head
@@ -373,6 +381,7 @@ def test_diagnostics_cli_matches_hand_computed_baselines(workdir, ml100k_slice, 
     assert 0 < table.loc["MSE", "Trained RM"] < 5
 
 
+@pytest.mark.slow
 def test_benchmark_tables_from_a_given_bc_checkpoint(workdir, ml100k_slice, ppo_run):
     out = workdir / "benchmark"
     process = run_tool(

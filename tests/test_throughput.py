@@ -23,6 +23,7 @@ def test_useful_flop_count_by_hand():
     assert throughput.useful_bc_gflop(lengths, config).item() == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_row(tmp_path, ml100k_slice):
     command = [
         sys.executable, str(REPO / "benchmarks" / "throughput.py"), f"--data_path={ml100k_slice}",
