@@ -4,25 +4,25 @@ import pytest
 import torch
 
 from conftest import run_cli, tiny
-from recbole_align.data.length_grouped import LengthGroupedTrainDataLoader
+from recbole_align.data.length_grouped import LengthGroupedBatches
 
 
-def loader(lengths, batch_size=4, group_size=3, seed=0, rank=0, world=1):
-    """The loader's batching state without a RecBole dataset behind it."""
-    grouped = object.__new__(LengthGroupedTrainDataLoader)
-    grouped.lengths, grouped.sample_size = torch.tensor(lengths), len(lengths)
-    grouped.global_batch_size, grouped.group_size = batch_size, group_size
-    grouped.position_budget = batch_size * grouped.lengths.double().mean().item()
-    grouped.generator = torch.Generator().manual_seed(seed)
-    grouped.rank, grouped.world = rank, world
-    return grouped
+class Epochs:
+    """Successive epochs of LengthGroupedBatches from one seeded generator, as the loader draws them."""
+
+    def __init__(self, lengths, batch_size=4, group_size=3, seed=0, rank=0, world=1):
+        self.batching = LengthGroupedBatches(torch.tensor(lengths), batch_size, group_size, rank, world)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def batch_indices(self):
+        return self.batching.draw(self.generator)
 
 
 LENGTHS = [int(x) for x in torch.randint(1, 60, (97,), generator=torch.Generator().manual_seed(3))]
 
 
 def test_every_sequence_once_per_epoch_and_batches_change():
-    grouped = loader(LENGTHS)
+    grouped = Epochs(LENGTHS)
     first, second = grouped.batch_indices(), grouped.batch_indices()
     for epoch in (first, second):
         assert sorted(torch.cat(epoch).tolist()) == list(range(len(LENGTHS)))
@@ -30,18 +30,18 @@ def test_every_sequence_once_per_epoch_and_batches_change():
 
 
 def test_batches_hold_about_the_position_budget_and_similar_lengths():
-    grouped = loader(LENGTHS)
-    lengths = grouped.lengths
+    grouped = Epochs(LENGTHS)
+    lengths = grouped.batching.lengths
     batches = grouped.batch_indices()
     positions = torch.tensor([int(lengths[b].sum()) for b in batches])
-    assert positions.max() < 2 * grouped.position_budget and positions.min() > grouped.position_budget / 2
+    assert positions.max() < 2 * grouped.batching.position_budget and positions.min() > grouped.batching.position_budget / 2
     padded_random = len(LENGTHS) * lengths.max().item()  # random batches of this size nearly all reach the max
     padded_grouped = sum(len(b) * lengths[b].max().item() for b in batches)
     assert padded_grouped < 0.8 * padded_random
 
 
 def test_the_seed_and_the_generator_state_fix_the_batches():
-    a, b = loader(LENGTHS, seed=7), loader(LENGTHS, seed=7)
+    a, b = Epochs(LENGTHS, seed=7), Epochs(LENGTHS, seed=7)
     assert [x.tolist() for x in a.batch_indices()] == [x.tolist() for x in b.batch_indices()]
     state = a.generator.get_state()  # what resume restores
     expected = [x.tolist() for x in a.batch_indices()]
@@ -50,8 +50,8 @@ def test_the_seed_and_the_generator_state_fix_the_batches():
 
 
 def test_ranks_share_each_batch():
-    shares = [loader(LENGTHS, rank=r, world=2).batch_indices() for r in (0, 1)]
-    whole = loader(LENGTHS).batch_indices()
+    shares = [Epochs(LENGTHS, rank=r, world=2).batch_indices() for r in (0, 1)]
+    whole = Epochs(LENGTHS).batch_indices()
     for batch, first, second in zip(whole, *shares):
         assert sorted(first.tolist() + second.tolist()) == sorted(batch.tolist())
 

@@ -2,14 +2,13 @@
 
 import torch
 
-from recbole_align.trainer.align_trainer import AlignTrainer
+from recbole_align.trainer.align_trainer import with_precision
 
 
 def loss_dtype(mixed_precision):
-    trainer = object.__new__(AlignTrainer)
-    trainer.config, trainer.device = {"mixed_precision": mixed_precision}, torch.device("cpu")
     weights = torch.randn(4, 4)
-    return trainer.with_precision(lambda interaction: interaction @ weights)(torch.randn(2, 4)).dtype
+    loss = with_precision(lambda interaction: interaction @ weights, mixed_precision, torch.device("cpu"))
+    return loss(torch.randn(2, 4)).dtype
 
 
 def test_bf16_autocasts_the_loss_and_fp32_does_not():

@@ -24,25 +24,21 @@ from recbole_align.checks import is_integer
 from recbole_align.errors import AlignError
 
 
-class LengthGroupedTrainDataLoader(TrainDataLoader):
-    """RecBole's TrainDataLoader with length-grouped batches of about ``train_batch_size`` x the mean
-    history length positions each (config keys ``length_grouped_batches``, ``length_group_size``). In a
-    multi-process run every rank draws the same batches and takes every ``world_size``-th sequence of each."""
+class LengthGroupedBatches:
+    """The batching rule: ``lengths`` [N] history lengths, batches of about ``batch_size`` x their mean
+    positions, sorted within groups of ``group_size`` batches; in a multi-process run (``rank`` of
+    ``world``) every rank draws the same batches and takes every ``world``-th sequence of each."""
 
-    def __init__(self, config, dataset, sampler, shuffle=True):
-        super().__init__(config, dataset, sampler, shuffle=shuffle)
-        self.group_size = config["length_group_size"]
-        if not is_integer(self.group_size) or self.group_size < 1:
-            raise AlignError(f"length_group_size must be an integer >= 1, got {self.group_size!r}.")
-        self.lengths = dataset.inter_feat[dataset.item_list_length_field]
-        self.global_batch_size = config["train_batch_size"]
-        self.position_budget = self.global_batch_size * self.lengths.double().mean().item()
-        self.rank, self.world = (0, 1) if config["single_spec"] else (config["local_rank"] + config["offset"], config["world_size"])
+    def __init__(self, lengths, batch_size, group_size, rank=0, world=1):
+        if not is_integer(group_size) or group_size < 1:
+            raise AlignError(f"length_group_size must be an integer >= 1, got {group_size!r}.")
+        self.lengths, self.batch_size, self.group_size, self.rank, self.world = lengths, batch_size, group_size, rank, world
+        self.position_budget = batch_size * lengths.double().mean().item()
 
-    def batch_indices(self):
-        """This epoch's batches (tensors of sequence indices), drawn from the loader's generator."""
-        order = torch.randperm(self.sample_size, generator=self.generator)
-        group_size = self.global_batch_size * self.group_size
+    def draw(self, generator):
+        """One epoch's batches (tensors of sequence indices), drawn from ``generator``."""
+        order = torch.randperm(len(self.lengths), generator=generator)
+        group_size = self.batch_size * self.group_size
         groups = list(order.split(group_size))
         if len(groups) > 1 and len(groups[-1]) < group_size / 2:
             groups[-2:] = [torch.cat(groups[-2:])]  # the epoch's remainder joins the last full group
@@ -55,11 +51,29 @@ class LengthGroupedTrainDataLoader(TrainDataLoader):
                 remainder = sizes.pop()
                 sizes[-1] += remainder  # the group's remainder joins its last full batch
             batches.extend(by_length.split(sizes))
-        return [batches[i][self.rank :: self.world] for i in torch.randperm(len(batches), generator=self.generator)]
+        return [batches[i][self.rank :: self.world] for i in torch.randperm(len(batches), generator=generator)]
 
     def __len__(self):
         """About the number of batches of an epoch (each epoch's own count differs by a few)."""
         return math.ceil(self.lengths.sum().item() / self.position_budget)
+
+
+class LengthGroupedTrainDataLoader(TrainDataLoader):
+    """RecBole's TrainDataLoader with :class:`LengthGroupedBatches` (config keys ``length_grouped_batches``,
+    ``length_group_size``), drawn from the loader's own seeded generator."""
+
+    def __init__(self, config, dataset, sampler, shuffle=True):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        rank, world = (0, 1) if config["single_spec"] else (config["local_rank"] + config["offset"], config["world_size"])
+        self.batching = LengthGroupedBatches(dataset.inter_feat[dataset.item_list_length_field],
+                                             config["train_batch_size"], config["length_group_size"], rank, world)
+
+    def batch_indices(self):
+        """This epoch's batches (tensors of sequence indices), drawn from the loader's generator."""
+        return self.batching.draw(self.generator)
+
+    def __len__(self):
+        return len(self.batching)
 
     def __iter__(self):
         for indices in self.batch_indices():

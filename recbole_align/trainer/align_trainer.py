@@ -19,6 +19,19 @@ from recbole_align.errors import AlignError
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
 
 
+def with_precision(loss_func, mixed_precision, device):
+    """``loss_func`` under autocast to bfloat16 on ``device`` (CPU and CUDA alike) when ``mixed_precision``
+    is ``bf16``; else ``loss_func`` itself (fp32). Evaluation stays in fp32."""
+    if mixed_precision is None:
+        return loss_func
+
+    def bf16_loss(interaction):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            return loss_func(interaction)
+
+    return bf16_loss
+
+
 def process_rank():
     """This process's rank in a multi-process run (0 in a run of one process)."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -129,26 +142,13 @@ class AlignTrainerMixin:
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         self.current_epoch = epoch_idx
         start = time()
-        losses = super()._train_epoch(train_data, epoch_idx, self.with_precision(loss_func), show_progress)
+        loss_func = with_precision(loss_func or self.model.calculate_loss, self.config["mixed_precision"], self.device)
+        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
         total = sum(losses) if isinstance(losses, tuple) else losses
         self.epoch_log.append(
             {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": time() - start}
         )
         return losses
-
-    def with_precision(self, loss_func):
-        """``loss_func`` (default: the model's calculate_loss) under autocast to bfloat16 when
-        ``mixed_precision: bf16``, on CPU and CUDA alike; else ``loss_func`` itself (fp32). Evaluation
-        stays in fp32."""
-        if self.config["mixed_precision"] is None:
-            return loss_func
-        loss_func = loss_func or self.model.calculate_loss
-
-        def bf16_loss(interaction):
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-                return loss_func(interaction)
-
-        return bf16_loss
 
     def _check_nan(self, loss):
         if not torch.isfinite(loss):
