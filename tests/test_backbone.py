@@ -6,6 +6,7 @@ from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender import GRU4Rec, NARM, SASRec
 
 from conftest import run_cli, tiny
+from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 from recbole_align.model.backbone import post_trainable
 from recbole_align.config import backbone_spec
@@ -109,7 +110,10 @@ def test_sasrec_backbone_bc_then_post_training_cli(tmp_path, ml100k_slice):
         )
         assert process.returncode == 0, process.stderr[-3000:]
         assert results["config"]["hidden_size"] == 8 and results["config"]["reward_head"] is True
-        assert results["epoch_log"][0]["train_loss"] != 0
+        trained = load_checkpoint(results["checkpoint"])["state_dict"]
+        start = load_checkpoint(bc["checkpoint"])["state_dict"]
+        moved = [key for key in start if not torch.equal(start[key], trained[key])]
+        assert "item_embedding.weight" in moved  # the method trained the SASRec backbone
     # an HSTU run refuses the SASRec checkpoint
     process, _ = run_cli(tmp_path, "--model=ExpRSFT", *common[:2], *tiny(), f"--pretrained_checkpoint={bc['checkpoint']}")
     assert process.returncode == 2 and "SASRec" in process.stderr and "Traceback" not in process.stderr

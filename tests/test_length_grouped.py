@@ -60,7 +60,8 @@ def test_ranks_share_each_batch():
 def test_cli_run_with_length_grouped_batches(tmp_path, ml100k_slice):
     process, results = run_cli(
         tmp_path, "--model=HSTU", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
-        *tiny("--epochs=2", "--length_grouped_batches=True", "--length_group_size=2"),
+        *tiny("--epochs=3", "--length_grouped_batches=True", "--length_group_size=2"),
     )
     assert process.returncode == 0, process.stderr
-    assert len(results["epoch_log"]) == 2 and results["test"]["ndcg@10"] >= 0
+    losses = [entry["train_loss"] for entry in results["epoch_log"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]  # it learns from the grouped batches
