@@ -5,8 +5,10 @@ model < dataset < the user's files < config_dict); ``command_line_overrides`` ty
 arguments as RecBole types its own command line.
 """
 
+import difflib
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -57,9 +59,35 @@ def model_class_of(saved_config):
     return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
 
 
-# The keys users set most (RecBole's and a few of ours), checked before any data is loaded: (key, test, what it must be).
+def _mapping(value):
+    return isinstance(value, dict)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")  # RecBole 1.2.1's optimizers
+
+# The keys users set (RecBole's and ours), checked before any data is loaded: (key, test, what it must be).
 # (RecBole checks topk itself; a topk above the catalogue is refused once the data is loaded.)
 SETTING_CHECKS = (
+    ("seed", is_integer, "an integer"),
+    ("reproducibility", lambda v: isinstance(v, bool), "True or False"),
+    ("use_gpu", lambda v: isinstance(v, bool), "True or False"),
+    ("show_progress", lambda v: isinstance(v, bool), "True or False"),
+    ("state", lambda v: str(v).lower() in LOG_LEVELS, f"a log level ({', '.join(LOG_LEVELS)})"),
+    ("worker", lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
+    ("nproc", lambda v: is_integer(v) and v >= 1, "an integer >= 1"),
+    ("learner", lambda v: str(v).lower() in LEARNERS, f"one of {', '.join(LEARNERS)}"),
+    ("weight_decay", lambda v: is_number(v) and v >= 0, "a number >= 0"),
+    ("embedding_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("hidden_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("n_layers", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("n_heads", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("dropout_prob", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("metrics", lambda v: isinstance(v, (list, str)), "a list of metric names, e.g. [\"Hit\", \"NDCG\"]"),
+    ("eval_args", _mapping, "a mapping, e.g. {split: {LS: valid_and_test}, order: TO, group_by: user, mode: full}"),
+    ("load_col", lambda v: v is None or _mapping(v), "a mapping of file type to columns, e.g. {inter: [user_id, item_id]}"),
+    ("train_neg_sample_args", lambda v: v is None or _mapping(v), "a mapping or ~"),
+    ("clip_grad_norm", lambda v: v is None or _mapping(v), "a mapping (e.g. {max_norm: 5}) or ~"),
     ("epochs", lambda v: is_integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
     ("train_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("eval_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
@@ -106,8 +134,7 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     spec = resolve_model(model)
     user_files = list(config_file_list or [])
     for f in user_files:
-        if not Path(f).is_file():
-            raise AlignError(f"Config file [{f}] does not exist.")
+        read_property_file(f)
 
     def layers(model_files):
         dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
@@ -123,8 +150,9 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     config_dict = {**(config_dict or {}), **device_choice(files, config_dict)}
     try:
         config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
-    except (SyntaxError, ValueError) as error:  # RecBole's word on malformed args and yaml
-        raise AlignError(f"Bad configuration: {error}".replace("\n", " ")) from None
+    except (SyntaxError, ValueError, TypeError, AttributeError, KeyError) as error:  # RecBole's word on malformed values
+        raise AlignError(f"Bad configuration: {type(error).__name__}: {error}".replace("\n", " ")) from None
+    warn_unknown_keys(config, user_files)
     check_settings(config)
     pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
     if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
@@ -134,6 +162,40 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         )
     config["model"] = model
     return config, spec
+
+
+def read_property_file(path):
+    """The key: value mapping of a user's yaml property file (empty for an empty file), or a one-line error
+    naming the file, and the line of a syntax error."""
+    if not Path(path).is_file():
+        raise AlignError(f"Config file [{path}] does not exist.")
+    try:
+        content = yaml.safe_load(Path(path).read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise AlignError(f"Config file [{path}] is not valid yaml{where}: {what}.") from None
+    except UnicodeDecodeError as error:
+        raise AlignError(f"Config file [{path}] is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    if content is not None and not isinstance(content, dict):
+        raise AlignError(f"Config file [{path}] must hold key: value lines (a yaml mapping), not a {type(content).__name__}.")
+    return content or {}
+
+
+def warn_unknown_keys(config, user_files):
+    """A warning line on stderr for each key of the user's files that neither RecBole nor recbole-align knows
+    (a typo there is otherwise silently ignored), with the closest known key."""
+    known = set(config.internal_config_dict) | {key for group in config.parameters.values() for key in group}
+    for path in PROPERTIES_DIR.rglob("*.yaml"):
+        known |= set(yaml_keys(path))
+    for path in user_files:
+        for key in read_property_file(path):
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"; did you mean [{close[0]}]?" if close else ""
+                print(f"recbole-align: warning: [{path}] sets [{key}], which no RecBole or recbole-align code reads{hint}",
+                      file=sys.stderr)
 
 
 def device_choice(files, config_dict):

@@ -103,6 +103,15 @@ def without_column(data_path, column, name):
         (["--stopping_step=-1"], "stopping_step must be an integer >= 0"),
         (["--valid_cases=some"], "valid_cases must be filtered or all"),
         (["--catalogue_chunk_mb=0"], "catalogue_chunk_mb must be a number of MiB > 0; got 0"),
+        # RecBole's own keys, by type (recbole_align.config.SETTING_CHECKS)
+        (["--seed=abc"], "seed must be an integer; got 'abc'"),
+        (["--reproducibility=maybe"], "reproducibility must be True or False; got 'maybe'"),
+        (["--learner=adamm"], "learner must be one of adam, adamw, sgd, adagrad, rmsprop, sparse_adam; got 'adamm'"),
+        (["--weight_decay=-1"], "weight_decay must be a number >= 0; got -1"),
+        (["--dropout_prob=1.5"], "dropout_prob must be a number in [0, 1); got 1.5"),
+        (["--embedding_size=0"], "embedding_size must be a positive integer; got 0"),
+        (["--state=loud"], "state must be a log level"),
+        (["--eval_args=full"], "Bad configuration"),
         (["--enable_amp=True"], "enable_amp must be False (RecBole's fp16 autocast runs without a gradient scaler"),
         (["--reward_noise_std=-0.5"], "reward_noise_std must be a number >= 0 (0: no noise on the training ratings); got -0.5"),
         (["--model=ExpRSFT", "--reward_scope=trajectory", "--trajectory_length=0"], "trajectory_length must be a positive integer; got 0"),
@@ -214,3 +223,27 @@ def test_bf16_mixed_precision_trains(tmp_path, ml100k_slice):
     assert process.returncode == 0, process.stderr[-2000:]
     losses = [entry["train_loss"] for entry in results["epoch_log"]]
     assert results["config"]["mixed_precision"] == "bf16" and losses[-1] < losses[0]  # it learns in bf16
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: 2\nlearning_rate: [0.1\n", "is not valid yaml at line 3, column 1"),
+    ("- epochs\n- 2\n", "must hold key: value lines (a yaml mapping), not a list"),
+    ("epochs: 2\n  bad indent: 3\n", "is not valid yaml at line 2"),
+])
+def test_property_file_errors_name_the_file_and_line(tmp_path, ml100k_slice, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    status, lines = run_in_process(tmp_path, quick_start.main, "--model=HSTU", "--dataset=ml-100k-slice",
+                                   f"--data_path={ml100k_slice}", f"--config_files={bad}", *TINY)
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"recbole-align: error: Config file [{bad}]") and message in lines[0], lines
+
+
+def test_an_unknown_key_in_a_property_file_warns_with_the_closest_known_one(tmp_path, ml100k_slice):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("learning_rat: 0.01\nepochs: 0\n")
+    status, lines = run_in_process(tmp_path, quick_start.main, "--model=HSTU", "--dataset=ml-100k-slice",
+                                   f"--data_path={ml100k_slice}", f"--config_files={typo}", *tiny("--epochs=0"))
+    warning = f"recbole-align: warning: [{typo}] sets [learning_rat], which no RecBole or recbole-align code reads; " \
+              "did you mean [learning_rate]?"
+    assert status == 0 and lines == [warning], lines
