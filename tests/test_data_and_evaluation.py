@@ -276,3 +276,45 @@ def test_the_property_files_users_copy_build_their_configs(path):
     if "data_path" in settings:  # RecBole appends the dataset's folder
         assert config["data_path"] == os.path.join(settings.pop("data_path"), "ml-1m-half")
     assert {key: config[key] for key in settings} == settings
+
+
+def plain_and_shaped(tmp_path, shape):
+    """The generated .inter file as written by pandas, and the same table saved in ``shape``."""
+    frame = generated_frame()
+    plain = write_atomic(tmp_path / "plain", "gen", frame)
+    text = (plain / "gen" / "gen.inter").read_text()
+    shaped = tmp_path / "shaped" / "gen"
+    shaped.mkdir(parents=True)
+    header, _, body = text.partition("\n")
+    if shape == "spreadsheet":  # BOM, Windows line ends, quoted header, a trailing tab on every line
+        quoted = "\t".join(f'"{field}"' for field in header.split("\t"))
+        data = "\ufeff" + "\r\n".join(line + "\t" for line in [quoted, *body.splitlines()]) + "\r\n"
+        (shaped / "gen.inter").write_bytes(data.encode("utf-8"))
+    elif shape == "untyped header":
+        (shaped / "gen.inter").write_text("\t".join(f.split(":")[0] for f in header.split("\t")) + "\n" + body)
+    elif shape == "latin-1":
+        (shaped / "gen.inter").write_bytes((header + "\n" + body.replace("\t3\t", "\t3\t", 1)).encode() + b"caf\xe9\t1\t3\t1\n")
+    return plain, shaped.parent
+
+
+def test_atomic_files_as_spreadsheets_save_them_load_as_the_plain_file(tmp_path):
+    plain, shaped = plain_and_shaped(tmp_path, "spreadsheet")
+    loaded = []
+    for data_path in (plain, shaped):
+        config, spec = config_for("HSTU", "gen", data_path)
+        loaded.append(load_dataset(config, spec.model_class).inter_feat)
+    assert list(loaded[0].columns) == list(loaded[1].columns)
+    for column in loaded[0].columns:
+        assert torch.equal(torch.as_tensor(loaded[0][column].to_numpy()), torch.as_tensor(loaded[1][column].to_numpy()))
+
+
+@pytest.mark.parametrize("shape, message", [
+    ("untyped header", "header field [user_id] is not name:type; RecBole's atomic files type every column"),
+    ("latin-1", "is not utf-8 text (byte 0xe9 at offset"),
+])
+def test_atomic_files_that_cannot_be_read_fail_in_one_line_naming_the_file(tmp_path, shape, message):
+    _, shaped = plain_and_shaped(tmp_path, shape)
+    config, spec = config_for("HSTU", "gen", shaped)
+    with pytest.raises(AlignError) as error:
+        load_dataset(config, spec.model_class)
+    assert f"Atomic file [{shaped / 'gen' / 'gen.inter'}]" in str(error.value) and message in str(error.value)

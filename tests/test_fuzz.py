@@ -25,7 +25,7 @@ ODD_RATINGS = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "negative": 
 def atomic_files(draw):
     """An .inter table: 1-6 users with 1-25 interactions each over a catalogue of 2-80 items, ratings
     1-5 and timestamps with many ties; sometimes an odd rating or a text timestamp in one row, or no
-    rating or timestamp column."""
+    rating or timestamp column (and, through SETTINGS' shape, saved as text tools save files)."""
     n_items = draw(st.integers(min_value=2, max_value=80))
     rows = []
     for user in range(draw(st.integers(min_value=1, max_value=6))):
@@ -46,7 +46,26 @@ def atomic_files(draw):
     return frame.drop(columns=missing)
 
 
+def saved_as(path, shape):
+    """Rewrite the atomic file ``path`` as a text tool might save it."""
+    text = path.read_text()
+    header, _, body = text.partition("\n")
+    lines = body.splitlines()
+    if shape == "bom, CRLF":
+        path.write_bytes(("\ufeff" + "\r\n".join([header, *lines]) + "\r\n").encode("utf-8"))
+    elif shape == "trailing tabs":
+        path.write_text("\n".join(line + "\t" for line in [header, *lines]) + "\n")
+    elif shape == "quoted header":
+        path.write_text("\t".join(f'"{field}"' for field in header.split("\t")) + "\n" + body)
+    elif shape == "untyped header":
+        path.write_text("\t".join(field.split(":")[0] for field in header.split("\t")) + "\n" + body)
+    elif shape == "latin-1 byte":
+        path.write_bytes(text.encode("utf-8") + b"u\xe9\ti1\t3\t1\n")
+
+
+SHAPES = ("plain", "plain", "bom, CRLF", "trailing tabs", "quoted header", "untyped header", "latin-1 byte")
 SETTINGS = st.fixed_dictionaries({
+    "shape": st.sampled_from(SHAPES),
     "topk": st.sampled_from([("[10,50]", "NDCG@10"), ("[5]", "NDCG@5"), ("[1,3]", "MRR"), ("[1,3]", "NDCG@3")]),
     "eval_rating_threshold": st.sampled_from(["4.5", "~", "0"]),
     "MAX_ITEM_LIST_LENGTH": st.sampled_from(["4", "20"]),
@@ -59,6 +78,7 @@ SETTINGS = st.fixed_dictionaries({
 def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, frame, options):
     folder = tmp_path_factory.mktemp("fuzz")  # RecBole writes ./log and ./saved there
     data_path = write_atomic(folder / "data", "fuzz", frame)
+    saved_as(data_path / "fuzz" / "fuzz.inter", options["shape"])
     results_file = folder / "results.json"
     args = [
         f"--model={options['model']}", "--dataset=fuzz", f"--data_path={data_path}", "--epochs=1",
@@ -68,7 +88,7 @@ def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, fr
         f"--results_file={results_file}",
     ]
     status, lines = run_in_process(folder, main, *args)
-    event(f"exit status {status}" + (f": {lines[0][22:70]}" if status and lines else ""))
+    event(f"exit status {status}" + (f": {lines[0][22:70]}" if status and lines else "") + f" ({options['shape']})")
     if status == 0:
         results = json.loads(results_file.read_text())
         topk = json.loads(options["topk"][0])

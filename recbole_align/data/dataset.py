@@ -26,6 +26,8 @@ import torch
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
 
+from recbole_align.data.atomic import readable_atomic_file
+
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is config["seed"] + this, apart from the run's other draws (ours)
 INTERACTION_INDEX = "_interaction_index"  # build()-time column: a sample's target in the sorted table
 
@@ -51,11 +53,16 @@ def add_noise(inter, noise, rating, rating_list, length_field):
 
 
 class AlignSequentialDataset(SequentialDataset):
-    """SequentialDataset with exact time order and optional one-sequence-per-user training."""
+    """SequentialDataset with exact time order and optional one-sequence-per-user training, reading atomic
+    files as text tools save them (:mod:`recbole_align.data.atomic`)."""
 
     def __init__(self, config, all_position_training=False):
         self.all_position_training = all_position_training
         super().__init__(config)
+
+    def _load_feat(self, filepath, source):
+        with readable_atomic_file(filepath, self.config["field_separator"], self.config["encoding"]) as path:
+            return super()._load_feat(path, source)
 
     def _fill_nan(self):
         """Count the interactions without a rating (``missing_ratings``) before RecBole fills them with
