@@ -32,14 +32,17 @@ from recbole_align.pretrained import read_pretrained
 
 def checkpoint_config(checkpoint, dataset, data_path=None):
     """The RecBole ``Config`` saved in ``checkpoint`` (a dict), checked against ``dataset``, with its data
-    read from ``data_path`` (the folder that holds ``<dataset>/``) when given, on this machine's device."""
+    read from ``data_path`` (the folder that holds ``<dataset>/``) when given, on this machine's device, in
+    one process (a multi-process run's checkpoint holds its process settings)."""
     config = checkpoint["config"]
     if config["dataset"] != dataset:
         raise AlignError(f"checkpoint was trained on dataset [{config['dataset']}], not [{dataset}].")
     if data_path is not None:
         config["data_path"] = str(Path(data_path) / dataset)
-    if config["device"].type == "cuda" and not torch.cuda.is_available():
-        config["device"] = torch.device("cpu")
+    if not config["single_spec"]:  # written by a multi-process run: recommending is one process's work
+        config["single_spec"], config["local_rank"], config["nproc"], config["world_size"] = True, 0, 1, -1
+    if config["device"].type == "cuda":
+        config["device"] = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return config
 
 

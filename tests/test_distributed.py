@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TEST_DEVICE, run_cli, tiny
+from conftest import TEST_DEVICE, run_cli, run_in_process, tiny
 
-from recbole_align.compat import full_checkpoint_loading
+from recbole_align.compat import full_checkpoint_loading, load_checkpoint
+from recbole_align import quick_start
+from recbole_align.recommend import recommend
 from recbole_align.pretrained import adopt_architecture, read_pretrained
 from recbole.data import data_preparation
 
@@ -159,6 +161,7 @@ def test_bc_and_drpo_train_on_two_processes(drpo_two_processes):
     assert bc_results["config"]["world_size"] == 2 and bc_results["n_test"] == 60
 
 
+@pytest.mark.slow
 @two_devices
 def test_two_process_metrics_equal_one_process_evaluation(drpo_two_processes, ml100k_slice, tmp_path, monkeypatch):
     """The metrics gathered from both processes are those of all the cases: one process evaluating the
@@ -168,3 +171,15 @@ def test_two_process_metrics_equal_one_process_evaluation(drpo_two_processes, ml
     for results, checkpoint in ((bc_results, bc_checkpoint), (drpo_two_processes, drpo_two_processes["checkpoint"])):
         one_process = evaluate_in_one_process(checkpoint, ml100k_slice, tmp_path, monkeypatch)
         assert one_process == {split: results[split] for split in EVAL_SPLITS}
+
+
+@pytest.mark.slow
+@two_devices
+def test_recommend_and_post_training_take_checkpoints_of_a_multi_process_run(drpo_two_processes, ml100k_slice, tmp_path):
+    checkpoint, bc = drpo_two_processes["checkpoint"], drpo_two_processes["pretrained_checkpoint"]
+    assert not load_checkpoint(checkpoint)["config"]["single_spec"]  # saved with its two processes' settings
+    frame = recommend(checkpoint, "ml-100k-slice", ["1", "7"], topk=5, data_path=ml100k_slice)
+    assert list(frame["user_id"]) == ["1"] * 5 + ["7"] * 5
+    status, lines = run_in_process(tmp_path, quick_start.main, "--model=ExpRSFT", "--dataset=ml-100k-slice",
+                                   f"--data_path={ml100k_slice}", f"--pretrained_checkpoint={bc}", *tiny())
+    assert status == 0, lines
