@@ -4,14 +4,14 @@ Every tool parses its options with :func:`parse_command_line`: its own options, 
 ``--key=value`` as a config override typed as RecBole types its command line, which reaches RecBole
 as ``config_dict`` (``sys.argv`` is emptied, since RecBole's ``Config`` reads it at top priority and
 would override what a tool sets per run). :func:`exit_on_error` turns bad input into one line
-``recbole-align: error: ...`` and exit status 2.
+``recbole-align: error: ...`` and exit status 2, and Ctrl-C into one line (how to resume) and exit status 130.
 """
 
 import functools
 import sys
 
 from recbole_align.config import command_line_overrides
-from recbole_align.errors import AlignError
+from recbole_align.errors import AlignError, Interrupted
 
 
 def parse_command_line(parser, argv=None):
@@ -36,6 +36,12 @@ def exit_on_error(main):
         except AlignError as error:
             print(f"recbole-align: error: {error}", file=sys.stderr)
             sys.exit(2)
+        except Interrupted as stop:
+            print(f"recbole-align: interrupted: {stop}", file=sys.stderr)
+            sys.exit(130)
+        except KeyboardInterrupt:  # outside training (e.g. while the data loads): nothing to keep
+            print("recbole-align: interrupted", file=sys.stderr)
+            sys.exit(130)
 
     return checked
 

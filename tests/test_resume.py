@@ -1,9 +1,13 @@
 """--resume: a run interrupted after epoch 1 and resumed ends exactly as an uninterrupted run."""
 
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
-from conftest import tiny
+from conftest import REPO, tiny
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
@@ -114,3 +118,27 @@ def test_resume_errors(ml100k_slice, bc_run, model, resume, overrides, message):
     with pytest.raises(AlignError) as error:
         run_recbole_align(model, "ml-100k-slice", config_dict=command_line_overrides(args))
     assert message.format(folder=folder) in str(error.value)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_a_batch_and_says_how_to_resume(ml100k_slice, tmp_path):
+    """SIGINT while training: the run ends after its current batch with exit status 130 and one line naming the
+    saved last state and the command that continues from it (no traceback)."""
+    checkpoint = tmp_path / "run.pth"
+    command = [sys.executable, str(REPO / "run_recbole_align.py"), "--model=HSTU", "--dataset=ml-100k-slice",
+               f"--data_path={ml100k_slice}", *tiny("--epochs=500"), f"--checkpoint_file={checkpoint}",
+               f"--results_file={tmp_path / 'r.json'}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "run.last.pth"
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    lines = [line for line in stderr.splitlines() if line.startswith("recbole-align:")]
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr[-2000:]
+    assert lines[0].startswith("recbole-align: interrupted: stopped in epoch ") and f"--resume={last}" in lines[0]
+    assert last.is_file() and not (tmp_path / "r.json").exists()  # nothing written as if it had finished

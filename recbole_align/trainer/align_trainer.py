@@ -1,7 +1,10 @@
 """RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
 
+import contextlib
 import os
 import random
+import signal
+import threading
 import resource
 from pathlib import Path
 from time import time
@@ -15,7 +18,7 @@ from recbole.utils import ModelType, calculate_valid_score
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
 from recbole_align.distributed import gather_cases
-from recbole_align.errors import AlignError
+from recbole_align.errors import AlignError, Interrupted
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
 
 
@@ -30,6 +33,47 @@ def with_precision(loss_func, mixed_precision, device):
             return loss_func(interaction)
 
     return bf16_loss
+
+
+class StopOnRequest:
+    """A train loader whose epoch ends after the batch during which ``requested()`` became true (the
+    batch's optimizer step done); anything else is the loader's."""
+
+    def __init__(self, loader, requested):
+        self.loader, self.requested = loader, requested
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield batch
+            if self.requested():
+                return
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While training: a function telling whether the user pressed Ctrl-C (SIGINT) once, so that the epoch
+    stops after its current batch; a second Ctrl-C interrupts at once. Only in the main thread of a
+    one-process run (elsewhere it always says no)."""
+    pressed = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def request(signum, frame):
+        pressed.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def process_rank():
@@ -143,7 +187,9 @@ class AlignTrainerMixin:
         self.current_epoch = epoch_idx
         start = time()
         loss_func = with_precision(loss_func or self.model.calculate_loss, self.config["mixed_precision"], self.device)
-        losses = super()._train_epoch(train_data, epoch_idx, loss_func, show_progress)
+        losses = super()._train_epoch(StopOnRequest(train_data, self.stop_requested), epoch_idx, loss_func, show_progress)
+        if self.stop_requested():
+            raise Interrupted(self.how_to_resume(epoch_idx))
         total = sum(losses) if isinstance(losses, tuple) else losses
         self.epoch_log.append(
             {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": time() - start}
@@ -248,10 +294,31 @@ class AlignTrainerMixin:
             super().resume_checkpoint(resume_file)
             self.load_resume_state(load_checkpoint(resume_file)["resume"])
 
+    stop_requested = staticmethod(lambda: False)  # set while fit() runs (Ctrl-C)
+
+    def how_to_resume(self, epoch):
+        """The line that an interrupted run prints: what is saved and the command that continues it."""
+        last = last_state_file(self.saved_model_file)
+        if not os.path.isfile(last):
+            return f"stopped in epoch {epoch} before any epoch was saved: nothing to resume, run the command again."
+        if self.saved_model_file.endswith(".partial.pth"):  # a BC stage, which a rerun continues by itself
+            return f"stopped in epoch {epoch}; the BC stage continues from [{last}] when the same command runs again."
+        return f"stopped in epoch {epoch}; to continue from its last saved epoch, run the same command with --resume={last}"
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's fit, saving the last state after each validated epoch; a resumed run restores the
         random states first, and one whose training had ended (``epochs`` reached or stopped early)
-        trains nothing, leaving its best checkpoint to the evaluation."""
+        trains nothing, leaving its best checkpoint to the evaluation. Ctrl-C stops it after the current
+        batch (:class:`Interrupted`, with the command that resumes it)."""
+        single = self.config["single_spec"]
+        with stop_requests() if single else contextlib.nullcontext(lambda: False) as requested:
+            self.stop_requested = requested
+            try:
+                return self._fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            finally:
+                del self.stop_requested
+
+    def _fit(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         if self.resumed_rng is not None:
             if self.start_epoch >= self.epochs or self.cur_step > self.stopping_step:
                 self.logger.info(f"training ended before epoch {self.start_epoch}: nothing to resume, evaluating")
