@@ -1,13 +1,13 @@
 """The ``recbole-align`` command (also ``python -m recbole_align``; ``run_recbole_align.py`` is its run).
 
     recbole-align --model=HSTU --dataset=ml-100k [--config_files="a.yaml b.yaml"] [--key=value ...]
-    recbole-align benchmark | diagnostics | hyper | recommend [options]   (--help for each)
+    recbole-align benchmark | diagnostics | hyper | recommend | export [options]   (--help for each)
 """
 
 import importlib
 import sys
 
-SUBCOMMANDS = ("benchmark", "diagnostics", "hyper", "recommend")
+SUBCOMMANDS = ("benchmark", "diagnostics", "hyper", "recommend", "export")
 
 
 def main(argv=None):

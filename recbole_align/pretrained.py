@@ -1,17 +1,25 @@
 """Loading the behaviour-cloning (BC) checkpoint that every post-training method starts from, and
 checking the last-epoch state that a resumed run continues."""
 
+import json
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from recbole_align.compat import load_checkpoint
-from recbole_align.config import model_class_of
+from recbole_align.config import build_config, model_class_of
 from recbole_align.errors import AlignError
+
+WEIGHTS, CONFIG = "model.safetensors", "config.json"  # an exported model's folder (recbole_align.export)
 
 
 def read_pretrained(checkpoint_path, key="pretrained_checkpoint"):
-    """The checkpoint dict (config, state_dict, ...) at ``checkpoint_path``, or a clear error that
-    names the config ``key`` it came from."""
+    """The checkpoint dict (config, state_dict, ...) at ``checkpoint_path`` (a ``.pth``, or a folder written
+    by ``recbole-align export``, read without unpickling), or a clear error that names the config ``key``
+    it came from."""
     path = Path(checkpoint_path)
+    if path.is_dir():
+        return read_exported(path)
     if not path.is_file():
         raise AlignError(f"{key} [{path}] does not exist.")
     try:
@@ -20,6 +28,17 @@ def read_pretrained(checkpoint_path, key="pretrained_checkpoint"):
     except Exception as error:  # torch raises many types for a corrupt or foreign file
         raise AlignError(f"{key} [{path}] is not a readable RecBole checkpoint ({error}).") from None
     return checkpoint
+
+
+def read_exported(folder):
+    """The checkpoint dict (config: a RecBole Config built from config.json, state_dict) of an exported
+    ``folder``, read without unpickling."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+        raise AlignError(f"[{folder}] is a folder but not an exported model (it needs {WEIGHTS} and {CONFIG}).")
+    saved = json.loads((folder / CONFIG).read_text())
+    config, _ = build_config(saved["model"], saved["dataset"], config_dict={**saved["config"], "state": "ERROR"})
+    return {"config": config, "state_dict": load_file(folder / WEIGHTS), "other_parameter": None}
 
 
 def check_resume(config):

@@ -306,7 +306,7 @@ def main(argv=None):
     (it reaches RecBole as ``config_dict``, so that a nested run such as the BC stage can still set
     its own checkpoint and results files). Subcommands: ``recbole-align --help``."""
     parser = argparse.ArgumentParser(prog="recbole-align", description=__doc__, allow_abbrev=False,
-                                     epilog="subcommands: recbole-align {benchmark,diagnostics,hyper,recommend} --help")
+                                     epilog="subcommands: recbole-align {benchmark,diagnostics,hyper,recommend,export} --help")
     parser.add_argument("--model", "-m", default="HSTU", help="recbole-align or RecBole model name")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files")

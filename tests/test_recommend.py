@@ -1,9 +1,13 @@
 """recbole-align recommend: the top-K items of chosen users, history excluded, with the .item titles."""
 
+import unittest.mock
+
 import pandas as pd
 import pytest
 
 from conftest import ML100K_INTER, run_cli, run_in_process, run_tool, tiny, write_atomic
+from recbole_align import export as export_command
+from recbole_align import quick_start
 from recbole_align import recommend as recommend_command
 from recbole_align.recommend import recommend
 
@@ -62,3 +66,26 @@ def test_recommend_errors(tmp_path, ml100k_slice):
         keys = {arg.split("=")[0] for arg in args}
         status, lines = run_in_process(tmp_path, recommend_command.main, *[a for a in base if a.split("=")[0] not in keys], *args)
         assert status == 2 and len(lines) == 1 and message in lines[0], (args, lines)
+
+
+@pytest.mark.slow
+def test_an_exported_model_recommends_and_post_trains_as_its_checkpoint(tmp_path, ml100k_slice):
+    """export writes safetensors and plain JSON only; recommend and --pretrained_checkpoint read the folder
+    without unpickling and give what the .pth gives."""
+    process, results = run_cli(tmp_path, "--model=BC", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+                               *tiny("--epochs=1"))
+    assert process.returncode == 0, process.stderr[-3000:]
+    status, lines = run_in_process(tmp_path, export_command.main, f"--checkpoint={results['checkpoint']}",
+                                   f"--output={tmp_path / 'shared'}")
+    assert status == 0, lines
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["config.json", "model.safetensors"]
+    users = ["1", "7", "22"]
+    from_pth = recommend(results["checkpoint"], "ml-100k-slice", users, topk=10, data_path=ml100k_slice)
+    with unittest.mock.patch("torch.load", side_effect=AssertionError("unpickled")):
+        from_folder = recommend(tmp_path / "shared", "ml-100k-slice", users, topk=10, data_path=ml100k_slice)
+    pd.testing.assert_frame_equal(from_pth, from_folder)
+    status, lines = run_in_process(tmp_path, quick_start.main, "--model=ExpRSFT", "--dataset=ml-100k-slice",
+                                   f"--data_path={ml100k_slice}", f"--pretrained_checkpoint={tmp_path / 'shared'}",
+                                   *tiny("--epochs=0"))
+    assert status == 0, lines
+

@@ -1,0 +1,72 @@
+"""Share a trained model safely: ``recbole-align export`` writes a checkpoint's weights as safetensors and
+its configuration as JSON (plain values only), which ``recommend`` and ``--pretrained_checkpoint`` load
+without unpickling anything.
+
+    recbole-align export --checkpoint=saved/HSTU-....pth --output=shared/hstu-ml-100k
+    recbole-align recommend --checkpoint=shared/hstu-ml-100k --dataset=ml-100k --user_id=196 --topk=10
+
+A ``.pth`` checkpoint (RecBole's format, which this project's own runs write) is a pickle: loading one from
+elsewhere can run code. An exported folder holds ``model.safetensors`` and ``config.json`` only.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from recbole_align.cli import exit_on_error, parse_command_line
+from recbole_align.errors import AlignError
+from recbole_align.pretrained import CONFIG, WEIGHTS, read_pretrained
+# what belongs to the machine or the run that wrote the checkpoint, or is derived by RecBole's Config again
+MACHINE_KEYS = {
+    "device", "data_path", "checkpoint_dir", "gpu_id", "use_gpu", "single_spec", "local_rank", "nproc", "world_size",
+    "offset", "ip", "port", "dist_backend", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
+    "config_file", "dataset_save_path", "dataloaders_save_path", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
+    "valid_neg_sample_args", "test_neg_sample_args", "eval_neg_sample_args", "model", "dataset",
+}
+
+
+def plain_config(config):
+    """The entries of a RecBole Config that JSON holds as they are, without the MACHINE_KEYS."""
+    plain = {}
+    for key, value in config.final_config_dict.items():
+        if key in MACHINE_KEYS:
+            continue
+        if key == "train_neg_sample_args" and value and value.get("distribution") == "none":
+            value = None  # RecBole's expanded form of "no negative sampling", which it takes back only as ~
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        plain[key] = value
+    return plain
+
+
+def export(checkpoint, output):
+    """Write ``checkpoint``'s (a dict as a recbole-align run saves it) weights and plain configuration to
+    the folder ``output``."""
+    config = checkpoint["config"]
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in checkpoint["state_dict"].items()}, folder / WEIGHTS)
+    (folder / CONFIG).write_text(json.dumps(
+        {"model": config["model"], "dataset": config["dataset"], "config": plain_config(config)}, indent=2))
+    return folder
+
+
+@exit_on_error
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="recbole-align export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--checkpoint", required=True, help="a .pth checkpoint written by a recbole-align run")
+    parser.add_argument("--output", required=True, help="the folder to write model.safetensors and config.json to")
+    args, overrides = parse_command_line(parser, argv)
+    if overrides:
+        raise AlignError(f"export takes no config options; unknown options {sorted(overrides)}.")
+    folder = export(read_pretrained(args.checkpoint, "checkpoint"), args.output)
+    print(f"wrote {folder / WEIGHTS} and {folder / CONFIG}")
+
+
+if __name__ == "__main__":
+    main()
