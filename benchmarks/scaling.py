@@ -74,11 +74,10 @@ def peak_mb():
 def worker(args):
     """The measurements of one data set, in this process; prints them as one JSON line."""
     import torch
-    from recbole.data import data_preparation
     from recbole.utils import init_seed
 
     from recbole_align.config import build_config
-    from recbole_align.data import length_grouped, load_dataset
+    from recbole_align.data import length_grouped, load_dataset, split_loaders
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
 
     torch.set_num_threads(args.threads)
@@ -86,7 +85,7 @@ def worker(args):
     rows = [{"step": "start", "seconds": 0.0, "peak_mb": peak_mb()}]
     start = time.perf_counter()
     config, spec = build_config("BC", args.dataset, config_dict={**base, "reward_head": True})
-    train, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    train, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     train = length_grouped(config, train)
     rows.append({"step": "load", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
                  "catalogue": train._dataset.item_num - 1})

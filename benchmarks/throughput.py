@@ -96,11 +96,10 @@ def timed_epoch(trainer, train_data, max_batches, repeats):
 
 def worker(args, overrides):
     """Every measurement of one code tree at one thread count (runs in that tree's interpreter path)."""
-    from recbole.data import data_preparation
     from recbole.utils import init_seed
 
     from recbole_align.config import build_config
-    from recbole_align.data import load_dataset
+    from recbole_align.data import load_dataset, split_loaders
     from recbole_align.registry import MODELS  # an older tree may lack a method: skipped
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
 
@@ -117,7 +116,7 @@ def worker(args, overrides):
         config, spec = build_config(model, args.dataset, config_dict=settings)
         key = (backbone, spec.model_class.__name__)
         if key not in loaded:
-            train, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+            train, _, test = split_loaders(config, load_dataset(config, spec.model_class))
             if length_grouped is not None:
                 train = length_grouped(config, train)
             loaded[key] = train, test, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -53,12 +53,6 @@ def backbone_spec(name):
     return replace(spec, model_class=post_trainable(spec.model_class), config_file=config_file)
 
 
-def model_class_of(saved_config):
-    """The model class that a run with ``saved_config`` (e.g. a checkpoint's) trained."""
-    spec = resolve_model(saved_config["model"])
-    return backbone_spec(saved_config["backbone"]).model_class if spec.on_backbone else spec.model_class
-
-
 def _mapping(value):
     return isinstance(value, dict)
 
@@ -123,7 +117,8 @@ def check_settings(config):
 def spec_of(config):
     """The AlignModel that ``config`` (from :func:`build_config` or a checkpoint) trains: its model
     class is the backbone's for BC and the post-training methods."""
-    return replace(resolve_model(config["model"]), model_class=model_class_of(config))
+    spec = resolve_model(config["model"])
+    return replace(spec, model_class=backbone_spec(config["backbone"]).model_class) if spec.on_backbone else spec
 
 
 def build_config(model, dataset, config_file_list=None, config_dict=None):
@@ -217,18 +212,13 @@ def configured_value(key, files, config_dict=None):
         return config_dict[key]
     value = None
     for path in files:
-        try:
-            value = (yaml.safe_load(Path(path).read_text()) or {}).get(key, value)
-        except (yaml.YAMLError, AttributeError) as error:
-            raise AlignError(f"Bad configuration: [{path}] is not a yaml mapping ({error}).".replace("\n", " ")) from None
+        value = read_property_file(path).get(key, value)
     return value
 
 
 def yaml_keys(path):
     """The top-level keys of the yaml file ``path`` (none if it is None or missing)."""
-    if path is None or not Path(path).is_file():
-        return []
-    return list((yaml.safe_load(Path(path).read_text()) or {}).keys())
+    return [] if path is None or not Path(path).is_file() else list(read_property_file(path))
 
 
 def json_safe(config_dict):

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction, cat_interactions
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.config import build_config
-from recbole_align.data import load_dataset
+from recbole_align.config import build_config, spec_of
+from recbole_align.data import load_dataset, split_loaders
 from recbole_align.errors import AlignError
-from recbole_align.pretrained import adopt_architecture, load_pretrained, read_pretrained
+from recbole_align.memory import catalogue_rows
+from recbole_align.pretrained import architecture_of, check_start, load_pretrained, read_pretrained
 from recbole_align.report import markdown_table, write_table
 from recbole_align.trainer.on_policy import history_items, log_policy, sample_items
 
@@ -57,7 +57,8 @@ def avg_reward(policy, judge, eval_loader, config):
     policy.eval()
     judge.eval()
     total, count = 0.0, 0
-    for interaction, *_ in all_cases(eval_loader, config["eval_batch_size"]):
+    batch = catalogue_rows(eval_loader._dataset.item_num, config["catalogue_chunk_mb"], most=config["eval_batch_size"])
+    for interaction, *_ in all_cases(eval_loader, batch):
         interaction = interaction[: limit - count].to(policy.device)
         seq_len = interaction[policy.ITEM_SEQ_LEN]
         rows = torch.arange(len(seq_len), device=policy.device)
@@ -118,29 +119,33 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
     ``checkpoints``; writes ``diagnostics.md``, ``reward_model.csv`` and ``avg_reward.csv`` to
     ``output_dir``; returns {"reward_model": Table 2, "avg_reward": {name: score}, "n_test": N, "markdown"}."""
     bc = read_pretrained(pretrained_checkpoint)
-    config, spec = build_config(bc["config"]["model"], dataset, config_dict={
-        **(config_dict or {}), "pretrained_checkpoint": str(pretrained_checkpoint), "backbone": bc["config"]["backbone"],
-    })
-    if spec.post_training:
+    if spec_of(bc["config"]).post_training:
         raise AlignError(
             f"pretrained_checkpoint [{pretrained_checkpoint}] is a post-trained [{bc['config']['model']}] model: "
             f"pass its BC checkpoint as --pretrained_checkpoint and this one in --checkpoints."
         )
-    adopt_architecture(config, bc, spec.model_class)
-    if not config["reward_head"]:
+    if not bc["config"]["reward_head"]:
         raise AlignError(
             f"pretrained_checkpoint [{pretrained_checkpoint}] has no reward head (train BC with --reward_head=True)."
         )
+
+    def config_of(checkpoint, path):  # each checkpoint's model built in its own shape (e.g. no reward head after Exp-RSFT)
+        return build_config(bc["config"]["model"], dataset, config_dict={
+            **(config_dict or {}), "pretrained_checkpoint": str(path), "backbone": bc["config"]["backbone"],
+            **architecture_of(checkpoint["config"]),
+        })
+
+    config, spec = config_of(bc, pretrained_checkpoint)
     init_seed(config["seed"], config["reproducibility"])
-    train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
+    train_data, valid_data, test_data = split_loaders(config, load_dataset(config, spec.model_class))
     judge = checkpoint_model(spec.model_class, bc, config, train_data._dataset)
 
     errors = reward_model_errors(judge, test_data, valid_data, config)
     scores = {"BC": avg_reward(judge, judge, test_data, config)}
-    for path in checkpoints:  # each built in its own shape, e.g. without a reward head after Exp-RSFT
+    for path in checkpoints:
         checkpoint = read_pretrained(path)
-        adopt_architecture(config, checkpoint, spec.model_class)
-        policy = checkpoint_model(spec.model_class, checkpoint, config, train_data._dataset)
+        check_start(checkpoint["config"], path, config)
+        policy = checkpoint_model(spec.model_class, checkpoint, config_of(checkpoint, path)[0], train_data._dataset)
         scores[Path(path).stem] = avg_reward(policy, judge, test_data, config)
 
     n_test = len(test_data._dataset)

@@ -17,30 +17,7 @@ from safetensors.torch import save_file
 
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.errors import AlignError
-from recbole_align.pretrained import CONFIG, WEIGHTS, read_pretrained
-# what belongs to the machine or the run that wrote the checkpoint, or is derived by RecBole's Config again
-MACHINE_KEYS = {
-    "device", "data_path", "checkpoint_dir", "gpu_id", "use_gpu", "single_spec", "local_rank", "nproc", "world_size",
-    "offset", "ip", "port", "dist_backend", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
-    "config_file", "dataset_save_path", "dataloaders_save_path", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
-    "valid_neg_sample_args", "test_neg_sample_args", "eval_neg_sample_args", "model", "dataset",
-}
-
-
-def plain_config(config):
-    """The entries of a RecBole Config that JSON holds as they are, without the MACHINE_KEYS."""
-    plain = {}
-    for key, value in config.final_config_dict.items():
-        if key in MACHINE_KEYS:
-            continue
-        if key == "train_neg_sample_args" and value and value.get("distribution") == "none":
-            value = None  # RecBole's expanded form of "no negative sampling", which it takes back only as ~
-        try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError):
-            continue
-        plain[key] = value
-    return plain
+from recbole_align.pretrained import CONFIG, WEIGHTS, plain_config, read_pretrained
 
 
 def export(checkpoint, output):

@@ -30,7 +30,8 @@ from recbole_align.trainer.align_trainer import selection_split
 from recbole_align.errors import AlignError
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import build_config
-from recbole_align.quick_start import behaviour_cloning_stage, run_recbole_align
+from recbole_align.quick_start import run_bc_stage, run_recbole_align
+from recbole_align.stages import plan_run
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):
@@ -55,7 +56,9 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
         raise AlignError("the hyper-parameter search needs `model` and `dataset` set in a config file.")
     config, spec = build_config(model, dataset, files, trial)
     if spec.post_training and not config["pretrained_checkpoint"]:
-        trial["pretrained_checkpoint"] = behaviour_cloning_stage(build_config(model, dataset, files)[0], files)
+        plan = plan_run(model, dataset, files)
+        run_bc_stage(plan)
+        trial["pretrained_checkpoint"] = plan.run.config["pretrained_checkpoint"]
     key = json.dumps({"files": [Path(f).read_text() for f in files], "trial": trial}, sort_keys=True, default=str)
     stem = Path(config["checkpoint_dir"]) / f"{model}-{dataset}-trial-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
     trial.update(checkpoint_file=f"{stem}.pth", results_file=f"{stem}.json")

@@ -7,7 +7,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from recbole_align.compat import load_checkpoint
-from recbole_align.config import build_config, model_class_of
+from recbole_align.config import build_config, spec_of
 from recbole_align.errors import AlignError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"  # an exported model's folder (recbole_align.export)
@@ -41,11 +41,46 @@ def read_exported(folder):
     return {"config": config, "state_dict": load_file(folder / WEIGHTS), "other_parameter": None}
 
 
-def check_resume(config):
-    """Refuse a ``resume`` file that cannot continue this run: not a last-epoch state
+# what belongs to the machine or the run that wrote the checkpoint, or is derived by RecBole's Config again
+MACHINE_KEYS = {
+    "device", "data_path", "checkpoint_dir", "gpu_id", "use_gpu", "single_spec", "local_rank", "nproc", "world_size",
+    "offset", "ip", "port", "dist_backend", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
+    "config_file", "dataset_save_path", "dataloaders_save_path", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
+    "valid_neg_sample_args", "test_neg_sample_args", "eval_neg_sample_args", "model", "dataset",
+}
+
+
+def plain_config(config):
+    """The entries of a RecBole Config that JSON holds as they are, without the MACHINE_KEYS: what another
+    machine rebuilds the Config from."""
+    plain = {}
+    for key, value in config.final_config_dict.items():
+        if key in MACHINE_KEYS:
+            continue
+        if key == "train_neg_sample_args" and value and value.get("distribution") == "none":
+            value = None  # RecBole's expanded form of "no negative sampling", which it takes back only as ~
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        plain[key] = value
+    return plain
+
+
+def config_on_this_machine(saved_config, data_path=None):
+    """The RecBole Config of a checkpoint's ``saved_config`` built again here, in one process on this
+    machine's device, reading its data from ``data_path`` (the folder that holds ``<dataset>/``; default:
+    where the run read it)."""
+    folder = data_path or (Path(saved_config["data_path"]).parent if saved_config["data_path"] else None)
+    config_dict = {**plain_config(saved_config), **({"data_path": str(folder)} if folder else {})}
+    return build_config(saved_config["model"], saved_config["dataset"], config_dict=config_dict)[0]
+
+
+def resumed_settings(config):
+    """Refuse a ``resume`` file that cannot continue the run of ``config``: not a last-epoch state
     (``<checkpoint>.last.pth``), another model or dataset, another BC checkpoint or checkpoint_file,
-    or a best checkpoint gone missing. A post-training run without ``pretrained_checkpoint`` takes
-    the resumed run's."""
+    or a best checkpoint gone missing. Returns what the resumed run settles: a post-training run
+    without ``pretrained_checkpoint`` takes the resumed run's."""
     path = config["resume"]
     state = read_pretrained(path, "resume")
     if "resume" not in state:
@@ -57,23 +92,20 @@ def check_resume(config):
     ran, runs = (saved_config["model"], saved_config["dataset"]), (config["model"], config["dataset"])
     if ran != runs:
         raise AlignError(f"resume [{path}] is a run of [{ran[0]}] on [{ran[1]}], not of [{runs[0]}] on [{runs[1]}].")
-    if model_class_of(saved_config) is not model_class_of(config):
+    if spec_of(saved_config).model_class is not spec_of(config).model_class:
         raise AlignError(f"resume [{path}] trained backbone [{saved_config['backbone']}], not [{config['backbone']}].")
-    if not config["pretrained_checkpoint"]:
-        config["pretrained_checkpoint"] = saved_config["pretrained_checkpoint"]
     for key, resumed in (("pretrained_checkpoint", saved_config["pretrained_checkpoint"]), ("checkpoint_file", best)):
         if config[key] and str(config[key]) != str(resumed):
             raise AlignError(f"resume [{path}] continues a run with {key} [{resumed}], not [{config[key]}].")
     if not Path(best).is_file():
         raise AlignError(f"resume [{path}]: the run's best checkpoint [{best}] is missing.")
+    return {} if config["pretrained_checkpoint"] else {"pretrained_checkpoint": saved_config["pretrained_checkpoint"]}
 
 
-def adopt_architecture(config, checkpoint, model_class):
-    """Refuse a checkpoint of another model class or dataset, then copy its values of
-    ``model_class.architecture_keys`` into ``config``, so the model built from it has the pretrained
-    shape (e.g. a reward head); returns the keys that changed."""
-    path, saved_config = config["pretrained_checkpoint"], checkpoint["config"]
-    saved_class = model_class_of(saved_config)
+def check_start(saved_config, path, config):
+    """Refuse to start the run of ``config`` from the checkpoint at ``path`` (whose config is
+    ``saved_config``) when it holds another model class or was trained on another dataset."""
+    saved_class, model_class = spec_of(saved_config).model_class, spec_of(config).model_class
     if saved_class is not model_class:
         raise AlignError(
             f"pretrained_checkpoint [{path}] holds a [{saved_config['model']}] model ({saved_class.__name__}); "
@@ -84,17 +116,16 @@ def adopt_architecture(config, checkpoint, model_class):
             f"pretrained_checkpoint [{path}] was trained on dataset [{saved_config['dataset']}], "
             f"not [{config['dataset']}]."
         )
-    changed = {}
-    for key in getattr(model_class, "architecture_keys", ()):
-        saved = checkpoint["config"][key]
-        if config[key] != saved:
-            changed[key] = (config[key], saved)
-            config[key] = saved
-    return changed
+
+
+def architecture_of(saved_config):
+    """{key: value} of the ``architecture_keys`` of the model that ``saved_config`` (a checkpoint's) trains:
+    the settings a model must be built with to take its weights (e.g. a reward head)."""
+    return {key: saved_config[key] for key in getattr(spec_of(saved_config).model_class, "architecture_keys", ())}
 
 
 def load_pretrained(model, checkpoint, config):
-    """Load the weights of ``checkpoint`` (checked by :func:`adopt_architecture`) into ``model``,
+    """Load the weights of ``checkpoint`` (built with its :func:`architecture_of`) into ``model``,
     refusing one whose tensors do not fit (another item catalogue or backbone config)."""
     path = config["pretrained_checkpoint"]
     saved_config, state_dict = checkpoint["config"], checkpoint["state_dict"]

@@ -1,7 +1,6 @@
 """The run behind ``recbole-align`` and ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -11,79 +10,24 @@ from time import time
 
 import numpy as np
 import torch
-from recbole.data import data_preparation
-from recbole.utils import get_local_time, init_seed, set_color
+from recbole.utils import init_seed, set_color
 
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import deterministic_cuda, init_logger, join_process_group
-from recbole_align.config import backbone_spec, build_config, json_safe, resolve_model, spec_of, yaml_keys
-from recbole_align.data import check_splits, length_grouped, load_dataset, run_inputs, stale_inputs
+from recbole_align.config import json_safe, spec_of
+from recbole_align.data import check_splits, length_grouped, load_dataset, run_inputs, split_loaders
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.model.policy import NextItemPolicy
-from recbole_align.pretrained import adopt_architecture, check_resume, load_pretrained, read_pretrained
-from recbole_align.registry import PROPERTIES_DIR
+from recbole_align.pretrained import load_pretrained, read_pretrained
+from recbole_align.stages import multi_process, plan_run
 from recbole_align.trainer.align_trainer import last_state_file
-
-# Config keys that do not change what a BC stage learns, left out of its reuse key.
-RUN_ONLY_KEYS = {
-    "gpu_id", "use_gpu", "state", "checkpoint_dir", "show_progress", "config_file", "save_dataset",
-    "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
-    "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume",
-    "nproc", "world_size", "ip", "port", "offset", "dist_backend", "catalogue_chunk_mb",
-}
-
-
-def behaviour_cloning_stage(config, config_file_list=None, config_dict=None):
-    """The BC checkpoint a post-training run starts from: trained by a ``BC`` stage of the
-    backbone (``backbone`` config key) on the same data and config, with a reward head if the method's
-    trainer ``requires_reward_head``, saved under ``checkpoint_dir``, and reused by any later run
-    whose BC config is the same (:func:`bc_stage_config`). An interrupted BC stage resumes from
-    its last validated epoch when the run is started again."""
-    bc_config, bc_spec, path = bc_stage_config(config, config_file_list, config_dict)
-    backbone = config["backbone"]
-    logger = getLogger()
-    if path.is_file():
-        changes = stale_inputs(path.with_suffix(".json"))
-        if not changes:
-            logger.info(set_color("BC stage", "green") + f": reusing {path}")
-            return str(path)
-        logger.info(set_color("BC stage", "green") + f": not reusing {path}: {'; '.join(changes)}")
-    logger.info(set_color("BC stage", "green") + f": training {backbone} by behaviour cloning -> {path}")
-    partial = path.with_suffix(".partial.pth")  # renamed when the BC run has finished, never reused before
-    last = Path(last_state_file(partial))
-    bc_config["checkpoint_file"], bc_config["results_file"] = str(partial), str(path.with_suffix(".json"))
-    bc_config["resume"] = str(last) if last.is_file() else None
-    run_stage(bc_config, bc_spec)
-    partial.replace(path)
-    last.unlink(missing_ok=True)
-    logger.info(set_color(f"{config['model']} stage", "green") + f": post-training from {path}")
-    return str(path)
-
-
-def bc_stage_config(config, config_file_list=None, config_dict=None):
-    """The BC stage of a post-training run: (config, spec, checkpoint path ``<backbone>-<dataset>-bc-<key>.pth``),
-    the key a hash of the BC config's keys that change what BC learns. ``reward_noise_std`` is one of
-    them only when the BC trains a reward head (the one part of BC that reads the noisy training
-    ratings) and is not 0 (so the keys of runs without noise are those of before the key existed)."""
-    backbone, dataset = config["backbone"], config["dataset"]
-    bc_dict = {**(config_dict or {}), "pretrained_checkpoint": None, "results_file": None}
-    if getattr(resolve_model(config["model"]).trainer_class, "requires_reward_head", False):
-        bc_dict["reward_head"] = True
-    bc_config, bc_spec = build_config("BC", dataset, config_file_list, bc_dict)
-    known = {key for group in bc_config.parameters.values() for key in group}
-    known |= set(yaml_keys(PROPERTIES_DIR / "overall.yaml")) | set(yaml_keys(backbone_spec(backbone).config_file))
-    known |= set(bc_spec.model_class.architecture_keys) | {"dataset", "model", "backbone"}
-    if not (bc_config["reward_head"] and bc_config["reward_noise_std"]):
-        known.discard("reward_noise_std")
-    reuse_config = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in known - RUN_ONLY_KEYS}
-    key = hashlib.sha1(json.dumps(reuse_config, sort_keys=True).encode()).hexdigest()[:12]
-    return bc_config, bc_spec, Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{key}.pth"
 
 
 def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, config_dict=None, saved=True):
-    """Train ``model`` on ``dataset`` and evaluate it, unfiltered and on the rating-filtered cases.
+    """Train ``model`` on ``dataset`` and evaluate it, unfiltered and on the rating-filtered cases: the
+    stages of :func:`recbole_align.stages.plan_run` (a post-training run's BC stage first when it needs one).
 
     Returns the results dict that is also written as JSON to ``results_file`` (default: next to
     the checkpoint): model, dataset, seed, {valid,test}[_filtered] metrics, case counts,
@@ -91,23 +35,33 @@ def run_recbole_align(model="HSTU", dataset="ml-100k", config_file_list=None, co
     (its generations on the test cases scored by the BC checkpoint's reward head). With ``resume``
     (a ``<checkpoint>.last.pth``) it continues that run from its last validated epoch.
     """
-    config, spec = build_config(model, dataset, config_file_list, config_dict)
-    return run_stage(config, spec, config_file_list, config_dict, saved)
+    plan = plan_run(model, dataset, config_file_list, config_dict)
+    run_bc_stage(plan)
+    return run_stage(plan.run, saved)
 
 
-def run_stage(config, spec, config_file_list=None, config_dict=None, saved=True):
-    """A run from its built ``config`` (``config_file_list`` and ``config_dict`` built it): check
-    ``resume``, start logging, train or reuse the BC checkpoint first when a post-training run names
-    none (:func:`behaviour_cloning_stage`, a stage of its own), then train and evaluate here or in
-    ``nproc`` processes (:func:`run_processes`)."""
-    if config["resume"]:
-        check_resume(config)
+def run_bc_stage(plan):
+    """Run the stages before ``plan``'s run: the BC stage that trains its starting checkpoint, if it has one."""
+    for stage in plan.stages[:-1]:
+        run_stage(stage)
+
+
+def run_stage(stage, saved=True):
+    """One stage: start logging, log what the plan settled, then train and evaluate here or in ``nproc``
+    processes (:func:`run_processes`); a BC stage's checkpoint is published under its final name when done."""
+    config = stage.config
     start_logging(config)
-    if spec.post_training and not config["pretrained_checkpoint"]:
-        config["pretrained_checkpoint"] = behaviour_cloning_stage(config, config_file_list, config_dict)
-    if config["single_spec"] and (config["nproc"] > 1 or config["world_size"] > 0):
-        return run_processes(config, saved)
-    return train_and_evaluate(config, spec, saved)
+    for note in stage.notes:
+        getLogger().info(set_color(note, "green"))
+    if multi_process(config):
+        results = run_processes(config, saved)
+    else:
+        results = train_and_evaluate(config, stage.spec, saved)
+    if stage.publish:
+        partial = Path(config["checkpoint_file"])
+        partial.replace(stage.publish)
+        Path(last_state_file(partial)).unlink(missing_ok=True)
+    return results
 
 
 def start_logging(config):
@@ -124,16 +78,12 @@ def start_logging(config):
 def train_and_evaluate(config, spec, saved=True):
     """data -> model (a post-training one from ``pretrained_checkpoint``) -> trainer -> evaluation of
     every split -> the results JSON (see :func:`run_recbole_align`)."""
-    logger, pretrained = getLogger(), None
-    if spec.post_training:
-        pretrained = read_pretrained(config["pretrained_checkpoint"])
-        for key, (configured, adopted) in adopt_architecture(config, pretrained, spec.model_class).items():
-            logger.info(f"{key} = {adopted!r} from the pretrained checkpoint (config said {configured!r})")
-
+    logger = getLogger()
+    pretrained = read_pretrained(config["pretrained_checkpoint"]) if spec.post_training else None
     data = load_dataset(config, spec.model_class)
     inputs = run_inputs(config)
     logger.info(data)
-    train_data, valid_data, test_data = data_preparation(config, data)
+    train_data, valid_data, test_data = split_loaders(config, data)
     check_splits(config, train_data, valid_data, test_data)
     if issubclass(spec.model_class, NextItemPolicy):  # the models that trim batches; RecBole's own train as RecBole does
         train_data = length_grouped(config, train_data)
@@ -246,10 +196,10 @@ def write_cases(path, final, best, results):
 
 def run_processes(config, saved=True):
     """Run ``config`` as RecBole's distributed mode does (``run_recboles``): ``nproc`` processes on
-    this machine, ranks ``offset`` .. ``offset + nproc - 1`` of ``world_size`` (default ``nproc``),
-    each one :func:`train_and_evaluate` on its copy of ``config`` with its ``local_rank``. The
-    checkpoint's name is chosen here, so that every process loads the best model that its machine's
-    first process saved. Returns the results that the first process writes."""
+    this machine, ranks ``offset`` .. ``offset + nproc - 1`` of ``world_size`` (planned), each one
+    :func:`train_and_evaluate` on its copy of ``config`` with its ``local_rank``; every process loads
+    the best model that its machine's first process saved under the planned ``checkpoint_file``.
+    Returns the results that the first process writes."""
     import torch.multiprocessing as mp
 
     if config["device"].type == "cuda" and torch.cuda.device_count() < config["nproc"]:
@@ -258,10 +208,6 @@ def run_processes(config, saved=True):
             f"{torch.cuda.device_count()} visible: list {config['nproc']} of them, e.g. --gpu_id=0,1, "
             f"or set --gpu_id='' to run the processes on the CPU."
         )
-    config["checkpoint_file"] = config["checkpoint_file"] or str(
-        Path(config["checkpoint_dir"]) / f"{config['model']}-{get_local_time()}.pth"
-    )
-    config["world_size"] = config["world_size"] if config["world_size"] > 0 else config["nproc"]
     errors = mp.get_context("spawn").SimpleQueue()
     try:
         mp.spawn(_run_process, args=(config, saved, errors), nprocs=config["nproc"])

@@ -18,32 +18,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.config import model_class_of
-from recbole_align.data import load_dataset
+from recbole_align.config import spec_of
+from recbole_align.data import load_dataset, split_loaders
 from recbole_align.diagnostics import checkpoint_model
 from recbole_align.errors import AlignError
-from recbole_align.memory import row_chunks
-from recbole_align.pretrained import read_pretrained
-
-
-def checkpoint_config(checkpoint, dataset, data_path=None):
-    """The RecBole ``Config`` saved in ``checkpoint`` (a dict), checked against ``dataset``, with its data
-    read from ``data_path`` (the folder that holds ``<dataset>/``) when given, on this machine's device, in
-    one process (a multi-process run's checkpoint holds its process settings)."""
-    config = checkpoint["config"]
-    if config["dataset"] != dataset:
-        raise AlignError(f"checkpoint was trained on dataset [{config['dataset']}], not [{dataset}].")
-    if data_path is not None:
-        config["data_path"] = str(Path(data_path) / dataset)
-    if not config["single_spec"]:  # written by a multi-process run: recommending is one process's work
-        config["single_spec"], config["local_rank"], config["nproc"], config["world_size"] = True, 0, 1, -1
-    if config["device"].type == "cuda":
-        config["device"] = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return config
+from recbole_align.memory import catalogue_rows, row_chunks
+from recbole_align.pretrained import config_on_this_machine, read_pretrained
 
 
 def item_features(config):
@@ -61,8 +44,10 @@ def recommend(checkpoint_path, dataset, user_ids, topk=10, data_path=None):
     """DataFrame of the top ``topk`` items of each of ``user_ids`` (tokens, as in the .inter file):
     user_id, rank (1 = best), item_id, score and the ``.item`` file's columns."""
     checkpoint = read_pretrained(checkpoint_path, "checkpoint")
-    config = checkpoint_config(checkpoint, dataset, data_path)
-    model_class = model_class_of(config)
+    if checkpoint["config"]["dataset"] != dataset:
+        raise AlignError(f"checkpoint was trained on dataset [{checkpoint['config']['dataset']}], not [{dataset}].")
+    config = config_on_this_machine(checkpoint["config"], data_path)  # one process, this machine's device
+    model_class = spec_of(config).model_class
     init_seed(config["seed"], config["reproducibility"])
     with warnings.catch_warnings():  # RecBole 1.2.1's data loading warns about pandas 3 on every run
         warnings.simplefilter("ignore", FutureWarning)
@@ -73,7 +58,7 @@ def recommend(checkpoint_path, dataset, user_ids, topk=10, data_path=None):
         raise AlignError(f"unknown user_id {unknown}: not a user of dataset [{dataset}].")
     if not 0 < topk < data.item_num - 1:
         raise AlignError(f"topk must be between 1 and {data.item_num - 2} (the catalogue of [{dataset}]); got {topk}.")
-    train_data, _, test_data = data_preparation(config, data)
+    train_data, _, test_data = split_loaders(config, data)
     model = checkpoint_model(model_class, checkpoint, config, train_data._dataset)
     cases = test_data._dataset
     users = torch.as_tensor(data.token2id(data.uid_field, user_ids)).reshape(-1)
@@ -83,7 +68,7 @@ def recommend(checkpoint_path, dataset, user_ids, topk=10, data_path=None):
         raise AlignError(f"user_id {[user_ids[i] for i in missing]} has no test case (too short a history).")
     top_scores, top_items = zip(*(
         top_recommendations(model, cases[index[rows]].to(config["device"]), topk)
-        for rows in row_chunks(len(index), config["eval_batch_size"])  # bounded by catalogue_chunk_mb (load_dataset)
+        for rows in row_chunks(len(index), catalogue_rows(data.item_num, config["catalogue_chunk_mb"]))
     ))
     top_scores, top_items = torch.cat(top_scores), torch.cat(top_items)
     frame = pd.DataFrame({

@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from recbole.data import data_preparation
 from recbole.evaluator import Collector
 from test_data_and_evaluation import config_for, generated_frame
 
 from conftest import run_in_process, tiny, write_atomic
-from recbole_align.data import load_dataset
+from recbole_align.data import load_dataset, split_loaders
 from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.evaluator.cases import CaseCollector
 from recbole_align.evaluator.paired import case_metric, paired_difference, read_cases
@@ -39,7 +38,7 @@ def test_one_pass_gives_the_filtered_loader_metrics_and_the_ranks(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
                               eval_rating_threshold=4.5, topk=[5, 10])
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset))
     result = trainer.evaluate_split(test, "test")
     assert result.metrics == {k: float(v) for k, v in trainer.evaluate(test, load_best_model=False).items()}

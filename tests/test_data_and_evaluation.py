@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from recbole.data import data_preparation
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset
 from recbole.evaluator.collector import DataStruct
@@ -20,7 +19,7 @@ from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import FullMRR, rating_filtered_loader
 from recbole_align.config import build_config
-from recbole_align.data import load_dataset
+from recbole_align.data import load_dataset, split_loaders
 from recbole_align.registry import MODELS
 
 
@@ -144,7 +143,7 @@ def test_time_order_is_exact_within_float32_resolution(tmp_path):
 def test_rating_filter_keeps_exactly_the_cases_at_or_above_threshold(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, eval_rating_threshold=4.5)
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     filtered = rating_filtered_loader(config, test, "test")
     users = sorted(int(test._dataset.field2id_token["user_id"][u]) for u in filtered._dataset.inter_feat["user_id"])
     assert users == [2, 4, 6, 8, 10, 12]
@@ -156,13 +155,13 @@ def test_rating_filter_keeps_exactly_the_cases_at_or_above_threshold(tmp_path):
 def test_rating_filter_errors(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, eval_rating_threshold=6)
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     with pytest.raises(AlignError, match="filtered test set is empty"):
         rating_filtered_loader(config, test, "test")
     no_rating = generated_frame().drop(columns=["rating:float"])
     data_path = write_atomic(tmp_path, "norating", no_rating)
     config, spec = config_for("HSTU", "norating", data_path)
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     with pytest.raises(AlignError, match="needs a rating field"):
         rating_filtered_loader(config, test, "test")
     config, spec = config_for("HSTU", "norating", data_path, reward_noise_std=0.5, eval_rating_threshold=None)
@@ -182,7 +181,7 @@ def test_full_mrr_is_the_mean_reciprocal_full_rank():
 def test_evaluation_excludes_history_items(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     model = spec.model_class(config, test._dataset).to(config["device"])
     trainer = MODELS["HSTU"].trainer_class(config, model)
     trainer.tot_item_num = test._dataset.item_num
@@ -199,7 +198,7 @@ def test_evaluation_excludes_history_items(tmp_path):
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path, bad):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
-    train, _, _ = data_preparation(config, load_dataset(config, spec.model_class))
+    train, _, _ = split_loaders(config, load_dataset(config, spec.model_class))
     trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
     trainer.current_epoch = 3
     trainer._check_nan(torch.tensor(1.5))  # finite: no error
@@ -241,27 +240,28 @@ def test_numpy2_aliases_let_recbole_set_its_own(monkeypatch):
 
 
 def test_evaluation_in_blocks_within_the_memory_budget_gives_the_same_metrics(tmp_path):
-    """A catalogue_chunk_mb too small for two cases' scores lowers eval_batch_size to 1: the metrics and
-    each case's rank are those of one batch of every case."""
+    """A catalogue_chunk_mb too small for two cases' scores makes the evaluation loaders' batches 1 case
+    (the run's config keeps its eval_batch_size): the metrics and each case's rank are those of one batch
+    of every case."""
     data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
     batch_sizes, metrics, ranks = [], [], []
     for budget in (512, 0.001):  # 0.001 MiB: one row of 41 items x 16 bytes fits, two do not
         config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
                                   catalogue_chunk_mb=budget)
-        _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+        _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
         torch.manual_seed(0)
         trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
         metrics.append(trainer.evaluate(test, load_best_model=False))
         ranks.append(trainer.eval_collector.last_struct.get("rec.meanrank")[:, 0])
-        batch_sizes.append(config["eval_batch_size"])
-    assert batch_sizes == [4096, 1]
+        batch_sizes.append((test.step, config["eval_batch_size"]))
+    assert batch_sizes == [(4096, 4096), (1, 4096)]
     assert metrics[1] == pytest.approx(metrics[0]) and torch.equal(ranks[0], ranks[1])
 
 
 def test_evaluation_gives_plain_floats(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame())
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8)
-    _, _, test = data_preparation(config, load_dataset(config, spec.model_class))
+    _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
     result = trainer.evaluate(test, load_best_model=False)
     assert set(result) == {"hit@10", "ndcg@10", "mrr"} and all(type(v) is float for v in result.values())

@@ -14,11 +14,10 @@ from conftest import TEST_DEVICE, run_cli, run_in_process, tiny
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint
 from recbole_align import quick_start
 from recbole_align.recommend import recommend
-from recbole_align.pretrained import adopt_architecture, read_pretrained
-from recbole.data import data_preparation
+from recbole_align.pretrained import architecture_of, read_pretrained
 
 from recbole_align.config import build_config, command_line_overrides
-from recbole_align.data import EVAL_SPLITS, load_dataset
+from recbole_align.data import EVAL_SPLITS, load_dataset, split_loaders
 from recbole_align.trainer import AlignTrainer
 from recbole_align.trainer.align_trainer import own_random_states, random_states
 from recbole_align.trainer.reward_weighted import reward_weighted_loss
@@ -120,9 +119,9 @@ def evaluate_in_one_process(checkpoint, data_path, tmp_path, monkeypatch):
     """The metrics of each of EVAL_SPLITS of the HSTU weights in ``checkpoint``, evaluated by one process."""
     monkeypatch.chdir(tmp_path)  # RecBole's tensorboard folder
     config_dict = {**command_line_overrides(tiny()), "data_path": str(data_path)}
-    config, spec = build_config("HSTU", "ml-100k-slice", config_dict=config_dict)
-    adopt_architecture(config, read_pretrained(checkpoint), spec.model_class)
-    train_data, valid_data, test_data = data_preparation(config, load_dataset(config, spec.model_class))
+    architecture = architecture_of(read_pretrained(checkpoint)["config"])
+    config, spec = build_config("HSTU", "ml-100k-slice", config_dict={**config_dict, **architecture})
+    train_data, valid_data, test_data = split_loaders(config, load_dataset(config, spec.model_class))
     trainer = AlignTrainer(config, spec.model_class(config, train_data._dataset).to(config["device"]))
     with full_checkpoint_loading():
         trainer.evaluate(test_data, model_file=checkpoint)  # loads the weights

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from conftest import ML100K_INTER, TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
-from recbole_align.config import build_config
 from recbole_align.data.fingerprint import file_fingerprint, package_version, stale_inputs
 from recbole_align.errors import AlignError
-from recbole_align.quick_start import bc_stage_config
+from recbole_align.stages import plan_run
 from recbole_align.trainer.reward_weighted import (
     KeepFractionController,
     check_config,
@@ -355,8 +354,7 @@ def test_exp_rsft_with_trajectory_weights_or_noisy_ratings(workdir, ml100k_slice
 
 def test_bc_stage_key_holds_the_noise_only_with_a_reward_head():
     def bc_path(model, **overrides):
-        config, _ = build_config(model, "ml-100k", config_dict={"state": "ERROR", **overrides})
-        return bc_stage_config(config, config_dict=overrides)[2]
+        return plan_run(model, "ml-100k", config_dict={"state": "ERROR", **overrides}).run.config["pretrained_checkpoint"]
 
     ppo = bc_path("PPO")  # PPO's BC trains a reward head on the (noisy) training ratings
     assert ppo == bc_path("PPO", reward_noise_std=0) != bc_path("PPO", reward_noise_std=0.5) != bc_path("PPO", reward_noise_std=1)

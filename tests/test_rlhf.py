@@ -3,6 +3,8 @@ a planted rating rule, and end-to-end CLI runs on a slice of ml-100k."""
 
 import math
 import random
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,10 +15,11 @@ from hypothesis import strategies as st
 from test_hstu import DAY, MAX_LEN, make_batch, make_model
 
 from recbole_align.compat import load_checkpoint
+from recbole_align.config import build_config
+from recbole_align.diagnostics import run_diagnostics
 from recbole_align.trainer.dpo import dpo_loss, rank_pairs
 from recbole_align.trainer.grpo import group_advantages, grpo_loss
 from recbole_align.trainer.on_policy import exact_kl, history_items, log_policy, sample_distinct_pairs, sample_items
-from recbole_align.trainer.on_policy import frozen_copy
 from recbole_align.trainer.ppo import PPOTrainer, RepeatedBatches, ppo_loss
 
 LOG = torch.log
@@ -87,22 +90,22 @@ def test_grpo_advantages_are_invariant_to_shifting_and_scaling_rewards(rewards, 
     assert abs(advantages.sum().item()) < 1e-6 and torch.isfinite(advantages).all()  # 0 for equal rewards
 
 
-def ppo_trainer_on(model, ppo_epochs):
-    """A PPOTrainer's rollout state around ``model`` and its frozen copy as π_BC, without RecBole's
-    Trainer (batch_loss needs nothing else)."""
-    trainer = PPOTrainer.__new__(PPOTrainer)
-    trainer.model, trainer.reference = model, frozen_copy(model)
-    trainer.sampling_temperature, trainer.num_samples, trainer.clip_epsilon, trainer.kl_coef = 1.0, 4, 0.2, 0.0
-    trainer.ppo_epochs, trainer.passes_done, trainer.rollout, trainer.batch_stats = ppo_epochs, 0, None, []
-    return trainer
+def ppo_trainer_on(model, ppo_epochs, checkpoint_dir):
+    """A PPOTrainer around ``model`` (π_BC: its frozen copy), built from PPO's config (no data is loaded)."""
+    config, _ = build_config("PPO", "ml-100k", config_dict={
+        "ppo_epochs": ppo_epochs, "num_samples": 4, "clip_epsilon": 0.2, "kl_coef": 0.0, "sampling_temperature": 1.0,
+        "checkpoint_dir": str(checkpoint_dir), "state": "ERROR", "use_gpu": False,
+    })
+    return PPOTrainer(config, model)
 
 
-def test_standard_ppo_samples_one_rollout_per_batch_and_passes_over_it(one_thread):
+def test_standard_ppo_samples_one_rollout_per_batch_and_passes_over_it(one_thread, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = make_model("CE", n_items=41, reward_head=True, dropout_prob=0.0)
     for parameter in model.reward_head.parameters():  # a reward model that is not constant (its last layer starts at 0)
         torch.nn.init.normal_(parameter)
-    trainer = ppo_trainer_on(model, ppo_epochs=2)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # RecBole's Config reads sys.argv (here pytest's options)
+    trainer = ppo_trainer_on(model, 2, tmp_path)
     batch = planted_batch(random.Random(3), n_users=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     rollouts = []
@@ -264,8 +267,7 @@ def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
     assert {"sample_reward", "kl_to_bc", "clip_fraction"} <= set(results["epoch_log"][-1])
     kl = [entry["kl_to_bc"] for entry in results["epoch_log"]]
     assert all(0 < value < 0.01 for value in kl)  # near the BC policy it starts at (first pass: KL 0), not at it
-    assert all(0 <= entry["clip_fraction"] <= 1 for entry in results["epoch_log"])
-    assert 1.0 <= results["avg_reward"] <= 5.0
+    assert all(0 <= entry["clip_fraction"] <= 1 for entry in results["epoch_log"])  # its avg_reward: the diagnostics test
     bc = load_checkpoint(results["pretrained_checkpoint"])
     ppo = load_checkpoint(results["checkpoint"])
     assert bc["config"]["reward_head"] is True
@@ -274,15 +276,25 @@ def test_ppo_cli_trains_from_a_bc_checkpoint_with_reward_head(ppo_run):
 
 
 @pytest.mark.slow
-def test_dpo_cli_runs_from_the_same_bc_checkpoint(workdir, ml100k_slice, ppo_run):
+def test_dpo_cli_runs_from_the_same_bc_checkpoint(workdir, ml100k_slice, ppo_run, tmp_path, monkeypatch):
     process, results = run_cli(
         workdir, "--model=DPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
     )
     assert process.returncode == 0, process.stderr[-2000:]
     assert results["pretrained_checkpoint"] == ppo_run[1]["pretrained_checkpoint"]  # BC + reward head, reused
-    assert results["model"] == "DPO" and 1.0 <= results["avg_reward"] <= 5.0
+    assert results["model"] == "DPO"
+    assert results["avg_reward"] == pytest.approx(diagnosed_avg_reward(results, ml100k_slice, tmp_path, monkeypatch))
     log = results["epoch_log"][0]
     assert 0.5 < log["decided_fraction"] <= 1.0 and log["train_loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+def diagnosed_avg_reward(results, data_path, output_dir, monkeypatch):
+    """The Avg Reward that the diagnostics measure for a run's checkpoint, judged by its BC checkpoint's head."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # RecBole's Config reads sys.argv (here pytest's options)
+    monkeypatch.chdir(output_dir)
+    scores = run_diagnostics("ml-100k-slice", results["pretrained_checkpoint"], [results["checkpoint"]], output_dir,
+                             {"data_path": str(data_path), "state": "ERROR"})["avg_reward"]
+    return scores[Path(results["checkpoint"]).stem]
 
 
 def without_reward_head(checkpoint_file, path):
@@ -317,13 +329,15 @@ def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_pa
 
 
 @pytest.mark.slow
-def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, ml100k_slice, ppo_run):
+def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, ml100k_slice, ppo_run, tmp_path,
+                                                                       monkeypatch):
     process, results = run_cli(
         workdir, "--model=GRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *TWO_EPOCHS
     )
     assert process.returncode == 0, process.stderr[-2000:]
     assert results["pretrained_checkpoint"] == ppo_run[1]["pretrained_checkpoint"]  # BC + reward head, reused
-    assert results["model"] == "GRPO" and len(results["epoch_log"]) == 2 and 1.0 <= results["avg_reward"] <= 5.0
+    assert results["model"] == "GRPO" and len(results["epoch_log"]) == 2
+    assert results["avg_reward"] == pytest.approx(diagnosed_avg_reward(results, ml100k_slice, tmp_path, monkeypatch))
     for entry in results["epoch_log"]:
         assert {"sample_reward", "kl_to_bc", "clip_fraction", "clip_objective", "kl_k3"} <= set(entry)
         assert 0 < entry["kl_to_bc"] < 0.1 and entry["kl_k3"] > 0 and 0 <= entry["clip_fraction"] <= 1

@@ -1,11 +1,12 @@
 """A run's data: the RecBole dataset with clear errors for data it cannot use, and the evaluation loaders."""
 
-from pathlib import Path
-
+import copy
 from logging import getLogger
+from pathlib import Path
 
 import numpy as np
 import torch
+from recbole.data import data_preparation
 from recbole.utils import ModelType
 
 from recbole_align.data.dataset import AlignSequentialDataset
@@ -41,21 +42,25 @@ def load_dataset(config, model_class):
             f"[{config['TIME_FIELD']}] field loaded (check TIME_FIELD, load_col and the .inter header)."
         )
     check_data(config, dataset)
-    bound_evaluation_batches(config, dataset.item_num)
     return dataset
 
 
-def bound_evaluation_batches(config, n_items):
-    """Lower ``eval_batch_size`` to the cases whose [cases x n_items] scores fit ``catalogue_chunk_mb``
-    (see recbole_align.memory): RecBole's full-sort evaluation scores a whole batch at once. The metrics
-    do not depend on the batch size."""
-    rows = catalogue_rows(n_items, config["catalogue_chunk_mb"])
+def split_loaders(config, dataset):
+    """RecBole's (train, valid, test) loaders of ``dataset`` (``data_preparation``), the evaluation ones in
+    batches of at most the cases whose [cases x catalogue] scores fit ``catalogue_chunk_mb`` (see
+    recbole_align.memory): RecBole's full-sort evaluation scores a whole batch at once. That batch size
+    is the loaders' own (they get a copy of the config); the run's config stays as planned, and the
+    metrics do not depend on it."""
+    rows = catalogue_rows(dataset.item_num, config["catalogue_chunk_mb"])
+    loaders_config = config
     if rows < config["eval_batch_size"]:
         getLogger().info(
-            f"eval_batch_size {config['eval_batch_size']} -> {rows}: the scores of {n_items} items fit "
-            f"catalogue_chunk_mb={config['catalogue_chunk_mb']} for {rows} cases at a time"
+            f"evaluation batches of {rows} cases (eval_batch_size {config['eval_batch_size']}): the scores of "
+            f"{dataset.item_num} items fit catalogue_chunk_mb={config['catalogue_chunk_mb']} for {rows} cases at a time"
         )
-        config["eval_batch_size"] = rows
+        loaders_config = copy.copy(config)
+        loaders_config.final_config_dict = {**config.final_config_dict, "eval_batch_size": rows}
+    return data_preparation(loaders_config, dataset)
 
 
 def check_data(config, dataset):

@@ -1,0 +1,86 @@
+"""Stages planned once (recbole_align.stages): what a plan settles before it builds each Config, that
+nothing edits a planned Config afterwards, and that the BC stage's reuse key lists every key."""
+
+import contextlib
+import io
+import os
+import sys
+import warnings
+
+import pytest
+
+from recbole_align.config import build_config, command_line_overrides, json_safe
+from recbole_align.quick_start import run_bc_stage, run_stage
+from recbole_align.stages import BC_RUN_KEYS, BC_TRAINING_KEYS, plan_run
+from conftest import tiny, write_atomic
+from test_data_and_evaluation import generated_frame
+
+
+@pytest.fixture(autouse=True)
+def no_command_line(monkeypatch):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # RecBole's Config reads sys.argv (here pytest's options)
+
+
+@pytest.mark.parametrize("backbone", ["HSTU", "SASRec", "GRU4Rec"])
+def test_every_key_of_a_bc_config_is_either_what_it_learns_from_or_how_it_runs(backbone):
+    config, _ = build_config("BC", "ml-100k", config_dict={"backbone": backbone, "reward_head": True, "state": "ERROR"})
+    unlisted = set(config.final_config_dict) - set(BC_TRAINING_KEYS) - set(BC_RUN_KEYS)
+    assert not unlisted, f"add these keys to BC_TRAINING_KEYS or BC_RUN_KEYS: {sorted(unlisted)}"
+    assert not set(BC_TRAINING_KEYS) & set(BC_RUN_KEYS)
+
+
+def plan_of(model, tmp_path, *args):
+    overrides = {**command_line_overrides(tiny("--topk=[10]", "--MAX_ITEM_LIST_LENGTH=5", *args)), "data_path": str(tmp_path / "data"),
+                 "checkpoint_dir": str(tmp_path / "saved"), "state": "ERROR"}
+    return plan_run(model, "gen", config_dict=overrides)
+
+
+@pytest.fixture
+def data(tmp_path):
+    write_atomic(tmp_path / "data", "gen", generated_frame(n_users=30))
+    return tmp_path
+
+
+def test_a_post_training_run_without_a_checkpoint_plans_its_bc_stage_first(data):
+    plan = plan_of("PPO", data, "--embedding_size=16")
+    bc, run = plan.stages
+    assert bc.config["model"] == "BC" and bc.config["reward_head"] is True  # PPO needs the reward head
+    assert bc.config["checkpoint_file"] == str(bc.publish.with_suffix(".partial.pth"))
+    assert bc.config["results_file"] == str(bc.publish.with_suffix(".json"))
+    assert run.config["model"] == "PPO" and run.config["pretrained_checkpoint"] == str(bc.publish)
+    assert run.config["reward_head"] is True and run.config["embedding_size"] == 16  # the BC stage's architecture
+    assert bc.publish.name.startswith("HSTU-gen-bc-") and not bc.publish.exists()
+
+
+def snapshot(plan):
+    return [json_safe(stage.config.final_config_dict) for stage in plan.stages]
+
+
+def quietly(function, *args):
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args)
+
+
+def test_running_the_stages_edits_no_planned_config_and_the_next_plan_reuses_the_bc_checkpoint(data, monkeypatch):
+    monkeypatch.chdir(data)  # RecBole's ./log
+    plan = plan_of("ExpRSFT", data)
+    before = snapshot(plan)
+    quietly(run_bc_stage, plan)
+    results = quietly(run_stage, plan.run)
+    assert snapshot(plan) == before
+    assert results["pretrained_checkpoint"] == str(plan.stages[0].publish) and plan.stages[0].publish.is_file()
+
+    again = plan_of("ExpRSFT", data)
+    assert len(again.stages) == 1 and again.run.notes[0] == f"BC stage: reusing {plan.stages[0].publish}"
+    os.utime(data / "data" / "gen" / "gen.inter")  # touched, not changed: still reused
+    assert len(plan_of("ExpRSFT", data).stages) == 1
+
+
+def test_a_given_checkpoint_lends_its_architecture_before_the_config_is_built(data, monkeypatch):
+    monkeypatch.chdir(data)
+    bc = quietly(run_stage, plan_of("BC", data, "--embedding_size=16", "--reward_head=True").run)
+    plan = plan_of("RSFT", data, "--embedding_size=8", f"--pretrained_checkpoint={bc['checkpoint']}")
+    (run,) = plan.stages
+    assert run.config["embedding_size"] == 16 and run.config["reward_head"] is True
+    assert "embedding_size = 16 from the pretrained checkpoint (config said 8)" in run.notes
