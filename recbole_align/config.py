@@ -63,7 +63,7 @@ LEARNERS = ("adam", "adamw", "sgd", "adagrad", "rmsprop", "sparse_adam")  # RecB
 # The keys users set (RecBole's and ours), checked before any data is loaded: (key, test, what it must be).
 # (RecBole checks topk itself; a topk above the catalogue is refused once the data is loaded.)
 SETTING_CHECKS = (
-    ("seed", is_integer, "an integer"),
+    ("seed", lambda v: is_integer(v) and 0 <= v < 2**32, "an integer from 0 to 2**32 - 1"),
     ("reproducibility", lambda v: isinstance(v, bool), "True or False"),
     ("use_gpu", lambda v: isinstance(v, bool), "True or False"),
     ("show_progress", lambda v: isinstance(v, bool), "True or False"),
@@ -77,7 +77,8 @@ SETTING_CHECKS = (
     ("n_layers", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("n_heads", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("dropout_prob", lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-    ("metrics", lambda v: isinstance(v, (list, str)), "a list of metric names, e.g. [\"Hit\", \"NDCG\"]"),
+    ("metrics", lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(m, str) for m in v)),
+     "a list of metric names, e.g. [\"Hit\", \"NDCG\"]"),
     ("eval_args", _mapping, "a mapping, e.g. {split: {LS: valid_and_test}, order: TO, group_by: user, mode: full}"),
     ("load_col", lambda v: v is None or _mapping(v), "a mapping of file type to columns, e.g. {inter: [user_id, item_id]}"),
     ("train_neg_sample_args", lambda v: v is None or _mapping(v), "a mapping or ~"),
@@ -99,11 +100,17 @@ SETTING_CHECKS = (
 )
 
 
-def check_settings(config):
-    """Refuse a value of SETTING_CHECKS' keys that RecBole would take and fail on later (or run on silently)."""
+def check_values(settings):
+    """Refuse a value of SETTING_CHECKS' keys in ``settings`` (a Config or a dict) that RecBole would take and
+    fail on later (or run on silently)."""
     for key, valid, what in SETTING_CHECKS:
-        if key in config and not valid(config[key]):
-            raise AlignError(f"{key} must be {what}; got {config[key]!r}.")
+        if key in settings and not valid(settings[key]):
+            raise AlignError(f"{key} must be {what}; got {settings[key]!r}.")
+
+
+def check_settings(config):
+    """check_values of the built ``config``, and a ``valid_metric`` that ``topk`` computes."""
+    check_values(config)
     metric, _, k = str(config["valid_metric"]).partition("@")
     topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
     if k and k.isdigit() and int(k) not in topk:
@@ -143,9 +150,10 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     else:
         files = layers([spec.config_file])
     config_dict = {**(config_dict or {}), **device_choice(files, config_dict)}
+    check_values(config_dict)  # before RecBole reads them (it fails on some, e.g. metrics [1, 2], without naming the key)
     try:
         config = Config(model=spec.model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
-    except (SyntaxError, ValueError, TypeError, AttributeError, KeyError) as error:  # RecBole's word on malformed values
+    except (SyntaxError, ValueError, TypeError, AttributeError, KeyError, NotImplementedError) as error:  # RecBole's word on malformed values (an unknown metric: NotImplementedError)
         raise AlignError(f"Bad configuration: {type(error).__name__}: {error}".replace("\n", " ")) from None
     warn_unknown_keys(config, user_files)
     check_settings(config)

@@ -1,4 +1,5 @@
-"""The run behind ``recbole-align`` and ``run_recbole_align.py``: config -> data -> model -> trainer -> results JSON."""
+"""The run behind ``recbole-align`` and ``run_recbole_align.py``: a planned stage (recbole_align.stages) -> data ->
+model -> trainer -> results JSON."""
 
 import argparse
 import json

@@ -98,7 +98,7 @@ def plan_run(model, dataset, config_file_list=None, config_dict=None):
         if start:
             start_config = read_pretrained(start)["config"]
         else:
-            bc_stage, start, note = plan_bc_stage(config, files, given)
+            bc_stage, start, note = plan_bc_stage(config, spec, files, given)
             stages += [bc_stage] if bc_stage else []
             start_config = bc_stage.config if bc_stage else read_pretrained(start)["config"]
             notes.append(note)
@@ -108,25 +108,21 @@ def plan_run(model, dataset, config_file_list=None, config_dict=None):
             if config[key] != adopted:
                 settled[key] = adopted
                 notes.append(f"{key} = {adopted!r} from the pretrained checkpoint (config said {config[key]!r})")
-    if multi_process(config):
-        settled["world_size"] = config["world_size"] if config["world_size"] > 0 else config["nproc"]
-        settled["checkpoint_file"] = config["checkpoint_file"] or str(  # every process loads the best model saved here
-            Path(config["checkpoint_dir"]) / f"{model}-{get_local_time()}.pth"
-        )
+    settled.update(process_settings(config))
     if settled:
         config, spec = build_config(model, dataset, files, {**given, **settled})
     return Plan((*stages, Stage(config, spec, tuple(notes))))
 
 
-def plan_bc_stage(config, files, given):
+def plan_bc_stage(config, spec, files, given):
     """(the BC stage, or None when a fresh checkpoint is reused; its checkpoint path; a log line) of the
-    post-training run of ``config``: BC of the backbone on the same data and config, with a reward head if
+    post-training run of ``config`` (``spec``): BC of the backbone on the same data and config, with a reward head if
     the method's trainer ``requires_reward_head``, saved as ``<checkpoint_dir>/<backbone>-<dataset>-bc-<key>.pth``
     (:func:`bc_key`), reused while its data files and the package version are unchanged; an interrupted
     BC stage resumes from its last validated epoch."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**given, "pretrained_checkpoint": None, "results_file": None, "resume": None}
-    if getattr(build_config(config["model"], dataset, files, given)[1].trainer_class, "requires_reward_head", False):
+    if getattr(spec.trainer_class, "requires_reward_head", False):
         bc_dict["reward_head"] = True
     bc_config, _ = build_config("BC", dataset, files, bc_dict)
     path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{bc_key(bc_config)}.pth"
@@ -138,6 +134,7 @@ def plan_bc_stage(config, files, given):
         notes.append(f"BC stage: not reusing {path}: {'; '.join(changes)}")
     partial = path.with_suffix(".partial.pth")
     last = Path(last_state_file(partial))
+    bc_dict.update(process_settings(bc_config))
     bc_dict.update(checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")),
                    resume=str(last) if last.is_file() else None)
     bc_config, bc_spec = build_config("BC", dataset, files, bc_dict)
@@ -159,6 +156,19 @@ def bc_key(bc_config):
         keys.discard("reward_noise_std")
     values = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in keys}
     return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def process_settings(config):
+    """What the processes of a multi-process run (none else) must agree on before they start: the world
+    size (default ``nproc``) and the checkpoint's name (every process loads the best model saved there)."""
+    if not multi_process(config):
+        return {}
+    return {
+        "world_size": config["world_size"] if config["world_size"] > 0 else config["nproc"],
+        "checkpoint_file": config["checkpoint_file"] or str(
+            Path(config["checkpoint_dir"]) / f"{config['model']}-{get_local_time()}.pth"
+        ),
+    }
 
 
 def multi_process(config):

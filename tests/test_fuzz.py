@@ -1,4 +1,5 @@
-"""Fuzz test of the command line: small generated atomic files and settings, one epoch of a tiny HSTU.
+"""Fuzz test of the command line: small generated atomic files (saved as text tools save them) and settings,
+some of any type, one epoch of a tiny HSTU.
 
 Every run must either succeed with a complete results JSON or stop with exit status 2 and one line
 ``recbole-align: error: ...`` (no traceback, nothing written as if it had succeeded). The runs are
@@ -64,7 +65,16 @@ def saved_as(path, shape):
 
 
 SHAPES = ("plain", "plain", "bom, CRLF", "trailing tabs", "quoted header", "untyped header", "latin-1 byte")
+# A sample of the keys users set (RecBole's and ours), each given a value of any type: valid or not, the run
+# must end one of the two ways. (Not drawn: keys whose values change the machine, e.g. gpu_id, nproc, worker.)
+SAMPLED_KEYS = ("seed", "reproducibility", "learner", "weight_decay", "dropout_prob", "eval_args", "load_col",
+                "metrics", "learning_rate", "train_batch_size", "eval_batch_size", "stopping_step", "valid_cases",
+                "reward_scope", "use_gpu", "n_layers", "n_heads", "clip_grad_norm", "train_neg_sample_args",
+                "catalogue_chunk_mb", "reward_lambda", "trajectory_length", "mixed_precision")
+ANY_VALUE = st.one_of(st.sampled_from(["abc", "~", "True", "False", "2.5", "-0.5", "[1,2]", "{a: 1}", "''"]),
+                      st.integers(min_value=-2, max_value=3).map(str))
 SETTINGS = st.fixed_dictionaries({
+    "setting": st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(SAMPLED_KEYS), ANY_VALUE)),
     "shape": st.sampled_from(SHAPES),
     "topk": st.sampled_from([("[10,50]", "NDCG@10"), ("[5]", "NDCG@5"), ("[1,3]", "MRR"), ("[1,3]", "NDCG@3")]),
     "eval_rating_threshold": st.sampled_from(["4.5", "~", "0"]),
@@ -87,6 +97,8 @@ def test_every_run_succeeds_completely_or_fails_in_one_line(tmp_path_factory, fr
         "--linear_dim=8", "--num_negatives=4", "--train_batch_size=8", "--show_progress=False", "--state=ERROR",
         f"--results_file={results_file}",
     ]
+    if options["setting"]:
+        args.append("--{}={}".format(*options["setting"]))
     status, lines = run_in_process(folder, main, *args)
     event(f"exit status {status}" + (f": {lines[0][22:70]}" if status and lines else "") + f" ({options['shape']})")
     if status == 0:

@@ -52,6 +52,13 @@ def test_a_post_training_run_without_a_checkpoint_plans_its_bc_stage_first(data)
     assert bc.publish.name.startswith("HSTU-gen-bc-") and not bc.publish.exists()
 
 
+def test_a_multi_process_run_settles_its_world_size_and_checkpoint_name_for_every_stage(data):
+    bc, run = plan_of("DRPO", data, "--nproc=2").stages
+    assert bc.config["world_size"] == run.config["world_size"] == 2
+    assert bc.config["checkpoint_file"].endswith(".partial.pth") and run.config["checkpoint_file"].endswith(".pth")
+    assert (plan_of("DRPO", data).run.config["world_size"], plan_of("DRPO", data).run.config["checkpoint_file"]) == (-1, None)
+
+
 def snapshot(plan):
     return [json_safe(stage.config.final_config_dict) for stage in plan.stages]
 
