@@ -29,7 +29,7 @@ from recbole.trainer import HyperTuning
 from recbole_align.trainer.align_trainer import selection_split
 from recbole_align.errors import AlignError
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.config import build_config
+from recbole_align.config import build_config, read_property_file
 from recbole_align.quick_start import run_bc_stage, run_recbole_align
 from recbole_align.stages import plan_run
 
@@ -49,7 +49,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     trial = dict(config_dict or {})
     named = {}
     for path in files:
-        named.update(yaml.safe_load(Path(path).read_text()) or {})
+        named.update(read_property_file(path))
     named.update(trial)
     model, dataset = named.get("model"), named.get("dataset")
     if not model or not dataset:

@@ -268,11 +268,11 @@ def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
     from recbole_align.experiment.tables import noise_section
 
     rows = noise_rows([0.5, 2], [0, 1])
-    assert [label for label, _, _ in rows] == [
+    assert [label for label, *_ in rows] == [
         "ExpRSFT λ=0.5", "ExpRSFT λ=2", "RSFT rescaled", "DRPO", "ExpRSFT λ=0.5 σ=1", "ExpRSFT λ=2 σ=1",
         "RSFT rescaled σ=1", "DRPO σ=1"]
-    assert rows[4][2] == {"reward_lambda": 0.5, "reward_noise_std": 1} and rows[3][2] == {}
-    assert rows[6][1:] == ("RSFT", {"rescale_rewards": True, "reward_noise_std": 1})
+    assert rows[4][2:] == ({"reward_lambda": 0.5, "reward_noise_std": 1}, 0.5, 1) and rows[3][2:] == ({}, None, 0)
+    assert rows[6][1:] == ("RSFT", {"rescale_rewards": True, "reward_noise_std": 1}, None, 1)
     planned = plan([1], ["BC", "RSFT"], [], [0.5, 2], "HSTU", None, 3, {}, noise_levels=[0, 1])
     labels = [run.label for run in planned]
     assert len(labels) == len(set(labels)) and {"RSFT", "RSFT rescaled", "DRPO", "DRPO σ=1"} <= set(labels)

@@ -113,14 +113,15 @@ def table3(runs, split, view, labels):
     return {label: rows[label] for label in labels if label in rows}
 
 
-def comparisons(labels):
-    """The paired comparisons (A, B): every post-training row against BC and against the ContinuedBC
-    control, and Exp-RSFT against every RSFT row."""
+def comparisons(runs, labels):
+    """The paired comparisons (A, B) of the rows ``labels``: every post-training row against BC and against
+    the ContinuedBC control, and every Exp-RSFT row against every RSFT row (the rows' models in ``runs``)."""
+    model = {run.label: run.model for run in runs}
     post = [label for label in labels if label not in ("BC",)]
     pairs = [(label, "BC") for label in post]
     if "ContinuedBC" in labels:
         pairs += [(label, "ContinuedBC") for label in post if label != "ContinuedBC"]
-    pairs += [(a, b) for a in labels if a.startswith("ExpRSFT") for b in labels if b.startswith("RSFT")]
+    pairs += [(a, b) for a in labels if model.get(a) == "ExpRSFT" for b in labels if model.get(b) == "RSFT"]
     return pairs
 
 
@@ -132,7 +133,7 @@ def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
     cases = {(r.label, r.seed): r.results.get("cases_file") for r in runs if r.results is not None}
     cases = {key: path for key, path in cases.items() if path and Path(path).is_file()}
     rows, records = [], []
-    for a, b in comparisons(labels):
+    for a, b in comparisons(runs, labels):
         seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
         if not seeds:
             continue

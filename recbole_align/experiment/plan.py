@@ -12,7 +12,9 @@ from recbole_align.pretrained import read_pretrained
 
 @dataclass
 class Run:
-    """One process of run_recbole_align.py: ``label`` is its row in the tables."""
+    """One process of run_recbole_align.py: ``label`` is its row in the tables, made from ``model`` and,
+    for the sweeps' rows, ``sweep_lambda`` (Exp-RSFT's λ of the λ sweep) and ``noise_std`` (σ of the
+    reward-noise sweep), which the tables read (never the label)."""
 
     label: str
     model: str
@@ -22,6 +24,8 @@ class Run:
     error: str = None
     resumed: bool = False  # continued from the last validated epoch of an interrupted invocation
     results_file: Path = None
+    sweep_lambda: float = None
+    noise_std: float = 0.0
 
 
 # beside Exp-RSFT's λ rows at each level of the reward-noise sweep: (label, model, settings); RSFT on
@@ -34,14 +38,21 @@ def noise_label(base, sigma):
     return f"{base} σ={sigma:g}" if sigma else base
 
 
+def lambda_label(lam):
+    """The row of Exp-RSFT at λ = ``lam`` in the λ sweep."""
+    return f"ExpRSFT λ={lam:g}"
+
+
 def noise_rows(lambdas, noise_levels):
-    """(label, model, settings) of the reward-noise sweep: at each σ, Exp-RSFT at every λ, RSFT and DRPO
-    trained on ratings with N(0, σ²) noise (``reward_noise_std``); the σ = 0 rows are the plain ones."""
+    """(label, model, settings, λ of the sweep or None, σ) of the reward-noise sweep: at each σ, Exp-RSFT at
+    every λ, RSFT and DRPO trained on ratings with N(0, σ²) noise (``reward_noise_std``); the σ = 0 rows are
+    the plain ones."""
     rows = []
     for sigma in noise_levels:
         noise = {"reward_noise_std": sigma} if sigma else {}
-        rows += [(noise_label(f"ExpRSFT λ={lam:g}", sigma), "ExpRSFT", {"reward_lambda": lam, **noise}) for lam in lambdas]
-        rows += [(noise_label(label, sigma), m, {**settings, **noise}) for label, m, settings in NOISE_METHODS]
+        rows += [(noise_label(lambda_label(lam), sigma), "ExpRSFT", {"reward_lambda": lam, **noise}, lam, sigma)
+                 for lam in lambdas]
+        rows += [(noise_label(label, sigma), m, {**settings, **noise}, None, sigma) for label, m, settings in NOISE_METHODS]
     return rows
 
 
@@ -98,10 +109,10 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
         post = post_settings(backbone, seed, epochs)
         runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
                  for label, m, settings in method_rows(methods)]
-        runs += [Run(f"ExpRSFT λ={lam:g}", "ExpRSFT", seed, {**post, "reward_lambda": lam}) for lam in lambdas]
+        runs += [Run(lambda_label(lam), "ExpRSFT", seed, {**post, "reward_lambda": lam}, sweep_lambda=lam) for lam in lambdas]
         planned = {run.label for run in runs if run.seed == seed}
-        runs += [Run(label, m, seed, {**post, **settings}) for label, m, settings in noise_rows(lambdas, noise_levels)
-                 if label not in planned]
+        runs += [Run(label, m, seed, {**post, **settings}, sweep_lambda=lam, noise_std=sigma)
+                 for label, m, settings, lam, sigma in noise_rows(lambdas, noise_levels) if label not in planned]
         runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs[b]}) for b in baselines]
     return runs
 

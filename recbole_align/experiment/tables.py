@@ -13,7 +13,7 @@ from recbole_align.experiment.aggregate import (
     aggregate, mean_std, paired_tables, run_record, table3, tuning_table,
 )
 from recbole_align.experiment.methods import SHARED_GRID, grid
-from recbole_align.experiment.plan import BC_PLATEAU, NOISE_METHODS, bc_checkpoint_of, kind, noise_label
+from recbole_align.experiment.plan import BC_PLATEAU, NOISE_METHODS, bc_checkpoint_of, kind, lambda_label, noise_label
 from recbole_align.pretrained import read_pretrained
 from recbole_align.report import (
     COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
@@ -49,7 +49,7 @@ def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
     (Exp-RSFT at each λ, RSFT, DRPO) and noise std σ, with the λ that the filtered test and valid
     NDCG@10 pick at each σ; writes noise_sweep.csv and noise_sweep.png (final epoch). Returns the
     markdown parts."""
-    bases = [*(f"ExpRSFT λ={lam:g}" for lam in lambdas), *(label for label, _, _ in NOISE_METHODS)]
+    bases = [*(lambda_label(lam) for lam in lambdas), *(label for label, _, _ in NOISE_METHODS)]
     scores = {(view, split): aggregate(runs, split, view) for view in ("final", "best")
               for split in ("test_filtered", "valid_filtered")}
 
@@ -58,8 +58,8 @@ def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
         return row["ndcg@10"] if row else None
 
     def picked_lambda(view, split, sigma):
-        scored = [(ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)[0], lam) for lam in lambdas
-                  if ndcg(view, split, f"ExpRSFT λ={lam:g}", sigma)]
+        scored = [(ndcg(view, split, lambda_label(lam), sigma)[0], lam) for lam in lambdas
+                  if ndcg(view, split, lambda_label(lam), sigma)]
         return max(scored)[1] if scored else None
 
     parts, records = [], []
@@ -77,11 +77,11 @@ def noise_section(runs, lambdas, noise_levels, output_dir, dataset):
                     for base in bases for sigma in noise_levels if ndcg(view, "test_filtered", base, sigma)]
     write_records(output_dir / "noise_sweep.csv", records)
 
-    curves = {f"σ={sigma:g}": [(lam, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for lam in lambdas
-                               if ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)] for sigma in noise_levels}
+    curves = {f"σ={sigma:g}": [(lam, ndcg("final", "test_filtered", lambda_label(lam), sigma)) for lam in lambdas
+                               if ndcg("final", "test_filtered", lambda_label(lam), sigma)] for sigma in noise_levels}
     picked = {sigma: picked_lambda("final", "valid_filtered", sigma) for sigma in noise_levels}
     against_noise = {"Exp-RSFT, λ picked on valid": [
-        (sigma, ndcg("final", "test_filtered", f"ExpRSFT λ={lam:g}", sigma)) for sigma, lam in picked.items() if lam is not None]}
+        (sigma, ndcg("final", "test_filtered", lambda_label(lam), sigma)) for sigma, lam in picked.items() if lam is not None]}
     against_noise.update({m: [(sigma, ndcg("final", "test_filtered", m, sigma)) for sigma in noise_levels
                               if ndcg("final", "test_filtered", m, sigma)] for m, _, _ in NOISE_METHODS})
     bc = scores["best", "test_filtered"].get("BC", {}).get("ndcg@10")
@@ -177,11 +177,12 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
                     xlabel="training epoch", curve_of_bc=True)
         parts.append("![per-epoch filtered valid and test NDCG@10 of BC and the baselines](baselines.png)")
     if lambdas:
+        sweep_rows = {run.label for run in runs if run.sweep_lambda is not None and not run.noise_std}
         sweep = {view: {**{k: v for k, v in best.items() if k == "BC"},
-                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if "λ=" in k and "σ=" not in k}}
+                        **{k: v for k, v in aggregate(runs, "test_filtered", view).items() if k in sweep_rows}}
                  for view in ("final", "best")}
-        points = [(lam, sweep["final"][f"ExpRSFT λ={lam:g}"]["ndcg@10"]) for lam in lambdas
-                  if f"ExpRSFT λ={lam:g}" in sweep["final"]]
+        points = [(lam, sweep["final"][lambda_label(lam)]["ndcg@10"]) for lam in lambdas
+                  if lambda_label(lam) in sweep["final"]]
         plot_against_lambda({"Exp-RSFT": points}, output_dir / "lambda_sweep.png",
                             f"Exp-RSFT λ sweep on {args.dataset} (final epoch)", sweep["final"].get("BC", {}).get("ndcg@10"))
         parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
