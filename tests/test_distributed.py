@@ -5,6 +5,7 @@ import json
 import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,7 +13,7 @@ import torch.multiprocessing as mp
 from conftest import TEST_DEVICE, run_cli, run_in_process, tiny
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint
-from recbole_align import quick_start
+from recbole_align import diagnostics, quick_start
 from recbole_align.recommend import recommend
 from recbole_align.pretrained import architecture_of, read_pretrained
 
@@ -139,11 +140,12 @@ two_devices = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def drpo_two_processes(tmp_path_factory, ml100k_slice):
-    """DRPO on 2 gloo processes, after its BC stage on 2 processes (the same port, one after the other)."""
+    """DRPO on 2 gloo processes, after its BC stage (with a reward head) on 2 processes (the same port, one
+    after the other)."""
     cwd = tmp_path_factory.mktemp("distributed")
     process, results = run_cli(
         cwd, "--model=DRPO", "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}", *tiny(), "--nproc=2",
-        f"--port={free_port()}",
+        f"--port={free_port()}", "--reward_head=True",
     )
     assert process.returncode == 0, process.stderr[-3000:]
     return results
@@ -182,3 +184,9 @@ def test_recommend_and_post_training_take_checkpoints_of_a_multi_process_run(drp
     status, lines = run_in_process(tmp_path, quick_start.main, "--model=ExpRSFT", "--dataset=ml-100k-slice",
                                    f"--data_path={ml100k_slice}", f"--pretrained_checkpoint={bc}", *tiny())
     assert status == 0, lines
+    status, lines = run_in_process(tmp_path, diagnostics.main, "--dataset=ml-100k-slice", f"--data_path={ml100k_slice}",
+                                   f"--pretrained_checkpoint={bc}", f"--checkpoints={checkpoint}", "--state=ERROR",
+                                   f"--output_dir={tmp_path / 'diagnostics'}")
+    assert status == 0, lines
+    scores = pd.read_csv(tmp_path / "diagnostics" / "avg_reward.csv", index_col="policy")["avg_reward"]
+    assert scores[Path(checkpoint).stem] == pytest.approx(drpo_two_processes["avg_reward"])  # what rank 0 measured
