@@ -97,6 +97,15 @@ SETTING_CHECKS = (
     ("reward_noise_std", lambda v: is_number(v) and v >= 0, "a number >= 0 (0: no noise on the training ratings)"),
     ("reward_scope", lambda v: v in ("item", "trajectory"), "item or trajectory"),
     ("trajectory_length", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("num_negatives", lambda v: is_integer(v) and v > 0, "a positive integer (sampled negatives per position)"),
+    ("temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("sampling_temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("num_samples", lambda v: is_integer(v) and v >= 2,
+     "an integer >= 2 (PPO and GRPO compare the rewards of the num_samples items sampled per context)"),
+    ("ppo_epochs", lambda v: is_integer(v) and v > 0, "a positive integer"),
+    ("clip_epsilon", lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("kl_coef", lambda v: is_number(v) and v >= 0, "a number >= 0 (the weight of the KL penalty)"),
+    ("dpo_beta", lambda v: is_number(v) and v > 0, "a number > 0"),
 )
 
 
@@ -109,7 +118,7 @@ def check_values(settings):
 
 
 def check_settings(config):
-    """check_values of the built ``config``, and a ``valid_metric`` that ``topk`` computes."""
+    """check_values of the built ``config``, and a ``valid_metric`` that ``metrics`` and ``topk`` compute."""
     check_values(config)
     metric, _, k = str(config["valid_metric"]).partition("@")
     topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
@@ -119,6 +128,25 @@ def check_settings(config):
             f"--topk=[{','.join(str(t) for t in sorted({*topk, int(k)}))}]) or choose another, e.g. "
             f"--valid_metric={metric}@{topk[0]}."
         )
+    keys = metric_keys(config["metrics"], topk)
+    if str(config["valid_metric"]).lower() not in keys:
+        raise AlignError(
+            f"valid_metric {config['valid_metric']} is not among what metrics {config['metrics']} compute: "
+            f"choose one of {', '.join(sorted(keys))}, or add its metric to metrics."
+        )
+
+
+UNCUT_METRIC_KEYS = {"fullmrr": "mrr", "gauc": "gauc", "auc": "auc", "logloss": "logloss", "mae": "mae", "rmse": "rmse"}
+
+
+def metric_keys(metrics, topk):
+    """The result keys that RecBole's evaluator reports for ``metrics`` (and ``topk``): ``ndcg@10`` for a
+    metric cut at K, ``mrr`` for FullMRR, the lower-case name for RecBole's value metrics and GAUC."""
+    names = [metrics] if isinstance(metrics, str) else metrics
+    keys = set()
+    for name in (str(n).lower() for n in names):
+        keys |= {UNCUT_METRIC_KEYS[name]} if name in UNCUT_METRIC_KEYS else {f"{name}@{k}" for k in topk}
+    return keys
 
 
 def spec_of(config):
@@ -157,6 +185,9 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         raise AlignError(f"Bad configuration: {type(error).__name__}: {error}".replace("\n", " ")) from None
     warn_unknown_keys(config, user_files)
     check_settings(config)
+    check_method = getattr(spec.trainer_class, "check_config", None)  # a method's own keys, before any data is read
+    if check_method is not None:
+        check_method(config)
     pairwise = config["MODEL_TYPE"] == ModelType.SEQUENTIAL and config["MODEL_INPUT_TYPE"] == InputType.PAIRWISE
     if pairwise and config["train_neg_sample_args"]["distribution"] == "none":
         raise AlignError(

@@ -16,13 +16,12 @@ import argparse
 from pathlib import Path
 
 import torch
-from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import init_seed
 
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import build_config, spec_of
-from recbole_align.data import load_dataset, split_loaders
+from recbole_align.data import AlignDataset, load_dataset, split_loaders
 from recbole_align.errors import AlignError
 from recbole_align.memory import catalogue_rows
 from recbole_align.pretrained import architecture_of, check_start, load_pretrained, read_pretrained
@@ -102,7 +101,7 @@ def reward_model_errors(judge, test_loader, valid_loader, config):
     predictors of :func:`rating_baselines` and the trained reward head of ``judge``."""
     cases = test_loader._dataset.inter_feat
     held_out = cat_interactions([cases, valid_loader._dataset.inter_feat])
-    interactions = Interaction(Dataset(config).inter_feat)  # the same filtered, remapped interactions, unsplit
+    interactions = Interaction(AlignDataset(config).inter_feat)  # the same filtered, remapped interactions, unsplit
     predictions = rating_baselines(interactions, held_out, cases, config)
     judge.eval()
     predicted = []

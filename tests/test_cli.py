@@ -119,6 +119,11 @@ def without_column(data_path, column, name):
         (["--reward_noise_std=-0.5"], "reward_noise_std must be a number >= 0 (0: no noise on the training ratings); got -0.5"),
         (["--model=ExpRSFT", "--reward_scope=trajectory", "--trajectory_length=0"], "trajectory_length must be a positive integer; got 0"),
         (["--model=ExpRSFT", "--reward_scope=foo"], "reward_scope must be item or trajectory; got 'foo'"),
+        (["--valid_metric=FullMRR"], "valid_metric FullMRR is not among what metrics ['Hit', 'NDCG', 'FullMRR'] "
+                                     "compute: choose one of hit@10, hit@50, mrr, ndcg@10, ndcg@50"),
+        (["--valid_metric=Recall@10"], "valid_metric Recall@10 is not among what metrics"),
+        (["--num_negatives=0"], "num_negatives must be a positive integer (sampled negatives per position); got 0"),
+        (["--temperature=0"], "temperature must be a number > 0; got 0"),
     ],
 )
 def test_clear_errors(tmp_path, ml100k_slice, args, message):
@@ -250,3 +255,25 @@ def test_an_unknown_key_in_a_property_file_warns_with_the_closest_known_one(tmp_
     warning = f"recbole-align: warning: [{typo}] sets [learning_rat], which no RecBole or recbole-align code reads; " \
               "did you mean [learning_rate]?"
     assert status == 0 and lines == [warning], lines
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=PPO", "--num_samples=1"], "num_samples must be an integer >= 2 (PPO and GRPO compare the rewards"),
+    (["--model=PPO", "--sampling_temperature=0"], "sampling_temperature must be a number > 0; got 0"),
+    (["--model=GRPO", "--kl_coef=-0.1"], "kl_coef must be a number >= 0 (the weight of the KL penalty); got -0.1"),
+    (["--model=PPO", "--ppo_epochs=0"], "ppo_epochs must be a positive integer; got 0"),
+    (["--model=DPO", "--dpo_beta=0"], "dpo_beta must be a number > 0; got 0"),
+    (["--model=GRPO", "--grpo_kl=k2"], "grpo_kl must be one of ['k3', 'exact'], got 'k2'."),
+    (["--model=ExpRSFT", "--reward_lambda=0"], "reward_lambda must be a number > 0, got 0."),
+    (["--model=RSFT", "--standardize_rewards=True", "--weight_normalization=sum"],
+     "weight_normalization: sum divides by the sum of the weights, and standardised weights"),
+    (["--model=RSFT", "--reward_scope=trajectory", "--weight_normalization=sum"],
+     "weight_normalization: sum divides by the sum of the weights, and standardised weights"),
+], ids=lambda value: value[0] if isinstance(value, list) else None)
+def test_method_settings_are_refused_before_any_data_is_read(tmp_path, args, message):
+    """A post-training method's settings fail in one line at once, not after the BC stage: here the data
+    folder does not even exist."""
+    base = ["--model=HSTU", "--dataset=nowhere", f"--data_path={tmp_path / 'missing'}", f"--results_file={tmp_path / 'r.json'}"]
+    status, lines = run_in_process(tmp_path, quick_start.main, *with_overrides(base, *args))
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("recbole-align: error: ") and message in lines[0], lines

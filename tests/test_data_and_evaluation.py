@@ -14,7 +14,7 @@ from recbole.evaluator.collector import DataStruct
 
 from conftest import REPO, write_atomic
 from recbole_align.compat import deterministic_cuda, numpy2_aliases
-from recbole_align.data import AlignSequentialDataset
+from recbole_align.data import AlignDataset, AlignSequentialDataset
 from recbole_align.data.dataset import INTERACTION_INDEX, rating_noise
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import FullMRR, rating_filtered_loader
@@ -248,13 +248,14 @@ def test_evaluation_in_blocks_within_the_memory_budget_gives_the_same_metrics(tm
     for budget in (512, 0.001):  # 0.001 MiB: one row of 41 items x 16 bytes fits, two do not
         config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
                                   catalogue_chunk_mb=budget)
-        _, _, test = split_loaders(config, load_dataset(config, spec.model_class))
+        _, valid, test = split_loaders(config, load_dataset(config, spec.model_class))
         torch.manual_seed(0)
         trainer = MODELS["HSTU"].trainer_class(config, spec.model_class(config, test._dataset).to(config["device"]))
         metrics.append(trainer.evaluate(test, load_best_model=False))
         ranks.append(trainer.eval_collector.last_struct.get("rec.meanrank")[:, 0])
-        batch_sizes.append((test.step, config["eval_batch_size"]))
-    assert batch_sizes == [(4096, 4096), (1, 4096)]
+        filtered_valid = rating_filtered_loader(config, valid, "valid")  # model selection's loader: bounded too
+        batch_sizes.append((test.step, filtered_valid.step, config["eval_batch_size"]))
+    assert batch_sizes == [(4096, 4096, 4096), (1, 1, 4096)]
     assert metrics[1] == pytest.approx(metrics[0]) and torch.equal(ranks[0], ranks[1])
 
 
@@ -298,14 +299,18 @@ def plain_and_shaped(tmp_path, shape):
 
 
 def test_atomic_files_as_spreadsheets_save_them_load_as_the_plain_file(tmp_path):
+    """Both the run's sequential dataset and the unsplit one that diagnostics' Table 2 reads."""
     plain, shaped = plain_and_shaped(tmp_path, "spreadsheet")
-    loaded = []
+    loaded, unsplit = [], []
     for data_path in (plain, shaped):
         config, spec = config_for("HSTU", "gen", data_path)
         loaded.append(load_dataset(config, spec.model_class).inter_feat)
-    assert list(loaded[0].columns) == list(loaded[1].columns)
-    for column in loaded[0].columns:
-        assert torch.equal(torch.as_tensor(loaded[0][column].to_numpy()), torch.as_tensor(loaded[1][column].to_numpy()))
+        unsplit.append(AlignDataset(config).inter_feat)
+    for first, second in (loaded, unsplit):
+        assert list(first.columns) == list(second.columns)
+        for column in first.columns:
+            assert torch.equal(torch.as_tensor(first[column].to_numpy()), torch.as_tensor(second[column].to_numpy()))
+    assert len(unsplit[0]) == len(generated_frame())
 
 
 @pytest.mark.parametrize("shape, message", [

@@ -244,7 +244,7 @@ def test_exp_rsft_with_huge_lambda_has_the_bc_gradient_direction():
 
 
 BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambda": 0.5, "reward_scope": "item",
-        "reward_max": None, "rescale_rewards": False}
+        "reward_max": None, "rescale_rewards": False, "standardize_rewards": False}
 
 
 @pytest.mark.parametrize(
@@ -268,6 +268,10 @@ BASE = {"reward_weighting": "exp", "weight_normalization": "mean", "reward_lambd
         ({"reward_weighting": "drpo", **drpo(), "reward_scope": "trajectory"}, "reward_scope=trajectory is Exp-RSFT's and RSFT's"),
         ({"reward_weighting": "linear", "reward_scope": "trajectory", "rescale_rewards": True}, "rescale_rewards does not apply"),
         ({"reward_scope": "trajectory", "reward_max": 5}, "leave reward_max: ~"),
+        ({"reward_weighting": "linear", "standardize_rewards": True, "weight_normalization": "sum"},
+         "standardised weights (R - mean)/std sum to about 0: use weight_normalization: mean"),
+        ({"reward_weighting": "linear", "reward_scope": "trajectory", "weight_normalization": "sum"},
+         "standardised weights (R - mean)/std sum to about 0: use weight_normalization: mean"),
     ],
 )
 def test_config_errors(changes, message):

@@ -345,8 +345,8 @@ def test_grpo_cli_runs_from_the_same_bc_checkpoint_with_ppo_statistics(workdir, 
 
 @pytest.mark.parametrize("setting, message", [
     ("--grpo_kl=k2", "grpo_kl must be one of ['k3', 'exact'], got 'k2'."),
-    ("--num_samples=1", "num_samples must be an integer >= 2 (GRPO standardises the rewards within each group "
-                        "of num_samples items), got 1."),
+    ("--num_samples=1", "num_samples must be an integer >= 2 (PPO and GRPO compare the rewards of the num_samples "
+                        "items sampled per context); got 1."),
     ("--advantage_eps=0", "advantage_eps must be a number > 0 (it keeps the advantages finite), got 0."),
 ], ids=["grpo_kl", "num_samples", "advantage_eps"])
 @pytest.mark.slow

@@ -52,17 +52,25 @@ def add_noise(inter, noise, rating, rating_list, length_field):
     inter[rating_list] = torch.where(valid, noisy, 0).to(history.dtype)
 
 
-class AlignSequentialDataset(SequentialDataset):
-    """SequentialDataset with exact time order and optional one-sequence-per-user training, reading atomic
-    files as text tools save them (:mod:`recbole_align.data.atomic`)."""
-
-    def __init__(self, config, all_position_training=False):
-        self.all_position_training = all_position_training
-        super().__init__(config)
+class ReadsAtomicFilesAsSaved:
+    """A RecBole dataset mixin: atomic files read as text tools save them (:mod:`recbole_align.data.atomic`)."""
 
     def _load_feat(self, filepath, source):
         with readable_atomic_file(filepath, self.config["field_separator"], self.config["encoding"]) as path:
             return super()._load_feat(path, source)
+
+
+class AlignDataset(ReadsAtomicFilesAsSaved, Dataset):
+    """RecBole's plain Dataset (every interaction, remapped, unsplit, no histories) on the same files."""
+
+
+class AlignSequentialDataset(ReadsAtomicFilesAsSaved, SequentialDataset):
+    """SequentialDataset with exact time order and optional one-sequence-per-user training, reading atomic
+    files as text tools save them."""
+
+    def __init__(self, config, all_position_training=False):
+        self.all_position_training = all_position_training
+        super().__init__(config)
 
     def _fill_nan(self):
         """Count the interactions without a rating (``missing_ratings``) before RecBole fills them with

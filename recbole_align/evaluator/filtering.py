@@ -35,10 +35,13 @@ def rating_filtered_loader(config, eval_loader, phase):
     (:func:`rating_filter`), or ``eval_loader`` itself without a threshold.
 
     Each row of a sequential full-sort loader is one held-out case, so filtering rows and reusing
-    RecBole's loader and evaluator gives exactly the metrics restricted to those cases.
+    RecBole's loader and evaluator gives exactly the metrics restricted to those cases. The new loader
+    takes ``eval_loader``'s config, whose ``eval_batch_size`` is bounded by ``catalogue_chunk_mb``
+    (data.split_loaders).
     """
     keep = rating_filter(config, eval_loader, phase)
     if keep is None:
         return eval_loader
     dataset = eval_loader._dataset
-    return FullSortEvalDataLoader(config, dataset.copy(dataset.inter_feat[keep]), eval_loader._sampler, shuffle=False)
+    return FullSortEvalDataLoader(eval_loader.config, dataset.copy(dataset.inter_feat[keep]), eval_loader._sampler,
+                                  shuffle=False)

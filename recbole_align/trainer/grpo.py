@@ -11,7 +11,7 @@ No critic. Hyper-parameters: recbole_align/properties/model/GRPO.yaml.
 
 import torch
 
-from recbole_align.checks import is_integer, is_number
+from recbole_align.checks import is_number
 from recbole_align.errors import AlignError
 from recbole_align.trainer.on_policy import log_probs_at
 from recbole_align.trainer.ppo import PPOTrainer, clipped_surrogate
@@ -61,15 +61,10 @@ def grpo_loss(log_policy, log_old, kl, rewards, clip_epsilon, kl_coef, advantage
 
 
 def check_grpo_settings(config):
-    """Raise AlignError, in one line, for a grpo_kl, num_samples or advantage_eps that cannot run."""
+    """Raise AlignError, in one line, for a grpo_kl or advantage_eps that cannot run (num_samples, the
+    group size: config.SETTING_CHECKS)."""
     if config["grpo_kl"] not in KL_ESTIMATORS:
         raise AlignError(f"grpo_kl must be one of {list(KL_ESTIMATORS)}, got {config['grpo_kl']!r}.")
-    group_size = config["num_samples"]
-    if not is_integer(group_size) or group_size < 2:
-        raise AlignError(
-            f"num_samples must be an integer >= 2 (GRPO standardises the rewards within each group of "
-            f"num_samples items), got {group_size!r}."
-        )
     eps = config["advantage_eps"]
     if not is_number(eps) or eps <= 0:
         raise AlignError(f"advantage_eps must be a number > 0 (it keeps the advantages finite), got {eps!r}.")
@@ -78,8 +73,9 @@ def check_grpo_settings(config):
 class GRPOTrainer(PPOTrainer):
     """PPO's rollouts and passes with group-standardised advantages and the ``grpo_kl`` penalty."""
 
+    check_config = staticmethod(check_grpo_settings)  # config.build_config calls it, before any data is read
+
     def __init__(self, config, model):
-        check_grpo_settings(config)  # before the model is copied
         super().__init__(config, model)
         self.kl_estimator = config["grpo_kl"]
         self.advantage_eps = config["advantage_eps"]

@@ -12,8 +12,6 @@ from collections import namedtuple
 
 import torch
 
-from recbole_align.checks import is_integer
-from recbole_align.errors import AlignError
 from recbole_align.trainer.on_policy import OnPolicyTrainer, log_normaliser, log_probs_and_kl, sample_with_log_probs
 
 # reference_log_norm: pi_BC's log-normaliser at each context (fixed during the rollout's passes);
@@ -86,9 +84,7 @@ class PPOTrainer(OnPolicyTrainer):
         self.num_samples = config["num_samples"]
         self.clip_epsilon = config["clip_epsilon"]
         self.kl_coef = config["kl_coef"]
-        self.ppo_epochs = config["ppo_epochs"]
-        if not is_integer(self.ppo_epochs) or self.ppo_epochs < 1:
-            raise AlignError(f"ppo_epochs must be a positive integer, got {self.ppo_epochs!r}.")
+        self.ppo_epochs = config["ppo_epochs"]  # checked in config.SETTING_CHECKS, with num_samples, kl_coef ...
         self.rollout, self.passes_done = None, 0
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):

@@ -241,6 +241,10 @@ def check_config(config):
     )
     if weighting == "exp":
         _positive(config, "reward_lambda")
+    signed = weighting == "linear" and (config["standardize_rewards"] or config["reward_scope"] == "trajectory")
+    _require(not (signed and normalization == "sum"),
+             "weight_normalization: sum divides by the sum of the weights, and standardised weights (R - mean)/std "
+             "sum to about 0: use weight_normalization: mean.")
     if config["reward_scope"] == "trajectory":  # its values and trajectory_length's: config.SETTING_CHECKS
         _require(weighting in TRAJECTORY_WEIGHTS,
                  f"reward_scope=trajectory is Exp-RSFT's and RSFT's (reward_weighting: exp or linear), not {weighting!r}'s.")
@@ -374,8 +378,9 @@ class RewardWeightedTrainer(AlignTrainer):
     is part of the resume state.
     """
 
+    check_config = staticmethod(check_config)  # config.build_config calls it, before any data is read
+
     def __init__(self, config, model):
-        check_config(config)
         _require(
             config["reward_scope"] != "trajectory" or model.all_position_training,
             f"reward_scope=trajectory needs a backbone trained at every position of one sequence per user "
