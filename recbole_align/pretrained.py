@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.config import build_config, spec_of
+from recbole_align.data.fingerprint import input_changes
 from recbole_align.errors import AlignError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"  # an exported model's folder (recbole_align.export)
@@ -89,6 +90,10 @@ def resumed_settings(config):
             f"to the checkpoint."
         )
     saved_config, best = state["config"], state["resume"]["best_checkpoint"]
+    changes = resume_changes(state)
+    if changes:
+        raise AlignError(f"resume [{path}] was trained on other inputs ({'; '.join(changes)}): run without --resume "
+                         f"to train afresh on the data as it is now.")
     ran, runs = (saved_config["model"], saved_config["dataset"]), (config["model"], config["dataset"])
     if ran != runs:
         raise AlignError(f"resume [{path}] is a run of [{ran[0]}] on [{ran[1]}], not of [{runs[0]}] on [{runs[1]}].")
@@ -100,6 +105,13 @@ def resumed_settings(config):
     if not Path(best).is_file():
         raise AlignError(f"resume [{path}]: the run's best checkpoint [{best}] is missing.")
     return {} if config["pretrained_checkpoint"] else {"pretrained_checkpoint": saved_config["pretrained_checkpoint"]}
+
+
+def resume_changes(state):
+    """What changed since the last-epoch ``state`` (of a ``.last.pth``) was saved: its data files or the
+    recbole-align version (data.input_changes); none when it has no record of them (saved by an earlier version)."""
+    recorded = state["resume"].get("inputs")
+    return input_changes(recorded) if recorded else []
 
 
 def check_start(saved_config, path, config):

@@ -18,7 +18,7 @@ from recbole.utils import get_local_time
 
 from recbole_align.config import backbone_spec, build_config, json_safe, yaml_keys
 from recbole_align.data import stale_inputs
-from recbole_align.pretrained import architecture_of, check_start, read_pretrained, resumed_settings
+from recbole_align.pretrained import architecture_of, check_start, read_pretrained, resume_changes, resumed_settings
 from recbole_align.registry import AlignModel
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -119,7 +119,7 @@ def plan_bc_stage(config, spec, files, given):
     post-training run of ``config`` (``spec``): BC of the backbone on the same data and config, with a reward head if
     the method's trainer ``requires_reward_head``, saved as ``<checkpoint_dir>/<backbone>-<dataset>-bc-<key>.pth``
     (:func:`bc_key`), reused while its data files and the package version are unchanged; an interrupted
-    BC stage resumes from its last validated epoch."""
+    BC stage resumes from its last validated epoch, unless those inputs changed since."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**given, "pretrained_checkpoint": None, "results_file": None, "resume": None}
     if getattr(spec.trainer_class, "requires_reward_head", False):
@@ -134,9 +134,13 @@ def plan_bc_stage(config, spec, files, given):
         notes.append(f"BC stage: not reusing {path}: {'; '.join(changes)}")
     partial = path.with_suffix(".partial.pth")
     last = Path(last_state_file(partial))
+    resume = last.is_file()
+    if resume and (changes := resume_changes(read_pretrained(last, "resume"))):
+        notes.append(f"BC stage: not resuming {last}: {'; '.join(changes)}")
+        resume = False
     bc_dict.update(process_settings(bc_config))
     bc_dict.update(checkpoint_file=str(partial), results_file=str(path.with_suffix(".json")),
-                   resume=str(last) if last.is_file() else None)
+                   resume=str(last) if resume else None)
     bc_config, bc_spec = build_config("BC", dataset, files, bc_dict)
     if bc_config["resume"]:
         resumed_settings(bc_config)  # checked as a resumed run's

@@ -1,6 +1,7 @@
 """--resume: a run interrupted after epoch 1 and resumed ends exactly as an uninterrupted run."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,9 @@ from conftest import REPO, tiny
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
 from recbole_align.config import command_line_overrides
+from recbole_align.pretrained import resume_changes
+from recbole_align.stages import plan_run
+from recbole_align.trainer.align_trainer import last_state_file
 from recbole_align.quick_start import run_recbole_align
 from recbole_align.trainer import AlignTrainerMixin
 
@@ -118,6 +122,32 @@ def test_resume_errors(ml100k_slice, bc_run, model, resume, overrides, message):
     with pytest.raises(AlignError) as error:
         run_recbole_align(model, "ml-100k-slice", config_dict=command_line_overrides(args))
     assert message.format(folder=folder) in str(error.value)
+
+
+def test_a_resume_on_changed_data_is_refused_and_a_bc_stage_starts_afresh(ml100k_slice, tmp_path):
+    """The last state records the data files it learned from: after the .inter file is edited, --resume is
+    refused in one line, and the plan of a BC stage interrupted on the old data trains it afresh."""
+    data_path = tmp_path / "data"
+    shutil.copytree(ml100k_slice, data_path)
+    run("HSTU", data_path, tmp_path, "cut", "--epochs=1")
+    last = tmp_path / "cut.last.pth"
+    assert resume_changes(load_checkpoint(last)) == []
+    inter = data_path / "ml-100k-slice" / "ml-100k-slice.inter"
+    lines = inter.read_text().splitlines()
+    inter.write_text("\n".join(lines[:-40]) + "\n")  # the user removes some ratings
+    with pytest.raises(AlignError) as error:
+        run("HSTU", data_path, tmp_path, "cut", "--epochs=2", f"--resume={last}")
+    assert f"resume [{last}] was trained on other inputs (ml-100k-slice.inter (" in str(error.value)
+    assert "run without --resume" in str(error.value)
+
+    # a BC stage's partial state, as an interrupted post-training command leaves it, then the data edited again
+    args = command_line_overrides(tiny(f"--data_path={data_path}", f"--checkpoint_dir={tmp_path}", "--epochs=1"))
+    planned = plan_run("ExpRSFT", "ml-100k-slice", config_dict=args).stages[0]
+    shutil.copy(last, last_state_file(planned.config["checkpoint_file"]))
+    inter.write_text("\n".join(lines[:-80]) + "\n")
+    bc_stage = plan_run("ExpRSFT", "ml-100k-slice", config_dict=args).stages[0]
+    assert bc_stage.config["resume"] is None
+    assert any(note.startswith("BC stage: not resuming") and "ml-100k-slice.inter" in note for note in bc_stage.notes)
 
 
 @pytest.mark.slow

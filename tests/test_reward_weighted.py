@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ML100K_INTER, TINY, markdown_lines, run_cli, run_tool, tiny, write_atomic
-from recbole_align.data.fingerprint import file_fingerprint, package_version, stale_inputs
+from recbole_align.data.fingerprint import file_fingerprint, package_version, run_inputs, stale_inputs
 from recbole_align.errors import AlignError
 from recbole_align.stages import plan_run
 from recbole_align.trainer.reward_weighted import (
@@ -536,3 +536,22 @@ def test_stale_inputs_names_the_changed_file_and_a_missing_record(tmp_path):
     assert stale_inputs(results) == [f"changed since: d.inter ({recorded} -> {file_fingerprint(inter)})"]
     results.write_text(json.dumps({"model": "BC"}))
     assert stale_inputs(results) == ["no record of the data it was trained on (run.json)"]
+
+
+def test_a_run_from_a_checkpoint_is_stale_once_that_checkpoint_is_rewritten(tmp_path):
+    """The benchmark's --pretrained_checkpoint (or an exported folder) retrained in place: every run from it is stale."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "d.inter").write_text("a\tb\n1\t2\n")
+    for start in (tmp_path / "bc.pth", tmp_path / "exported"):
+        if start.suffix:
+            start.write_bytes(b"weights")
+        else:
+            start.mkdir()
+            (start / "model.safetensors").write_bytes(b"weights")
+        inputs = run_inputs({"data_path": str(tmp_path / "d"), "dataset": "d", "pretrained_checkpoint": str(start)})
+        assert list(inputs["pretrained_checkpoint"]) == [str(start.resolve())]
+        results = tmp_path / "run.json"
+        results.write_text(json.dumps({"inputs": inputs}))
+        assert stale_inputs(results) == []
+        (start if start.suffix else start / "model.safetensors").write_bytes(b"retrain")
+        assert len(stale_inputs(results)) == 1 and stale_inputs(results)[0].startswith(f"changed since: {start.name} (")

@@ -1,6 +1,7 @@
 """RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -17,6 +18,7 @@ from recbole.trainer import Trainer
 from recbole.utils import ModelType, calculate_valid_score
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
+from recbole_align.data.fingerprint import run_inputs
 from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError, Interrupted
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
@@ -250,14 +252,21 @@ class AlignTrainerMixin:
 
     def resume_state(self, rng):
         """What continuing exactly needs beyond RecBole's checkpoint: the best checkpoint's path and
-        result, the epoch log and ``rng``, every process's random states (:func:`random_states`).
+        result, the epoch log and ``rng``, every process's random states (:func:`random_states`), and
+        ``inputs``, the data files and version it learned from (a resume on changed data is refused).
         Subclasses with their own training state extend it and :meth:`load_resume_state`."""
         return {
             "best_checkpoint": self.saved_model_file,
             "best_valid_result": self.best_valid_result,
             "epoch_log": self.epoch_log,
             "rng": rng,
+            "inputs": self.inputs,
         }
+
+    @functools.cached_property
+    def inputs(self):
+        """data.run_inputs of this run, read once (at the first saved epoch)."""
+        return run_inputs(self.config)
 
     def load_resume_state(self, state):
         """Take back :meth:`resume_state`; the random states are restored when fit() starts."""
