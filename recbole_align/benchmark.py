@@ -39,7 +39,7 @@ from time import time
 
 from recbole_align.checks import is_number
 from recbole_align.cli import exit_on_error, parse_command_line
-from recbole_align.config import command_line_overrides
+from recbole_align.config import command_line_overrides, configured_value
 from recbole_align.errors import AlignError
 from recbole_align.experiment.aggregate import tuning_choice
 from recbole_align.experiment.jobs import execute_all
@@ -125,9 +125,11 @@ def run_benchmark(args, user_args):
     output_dir = Path(args.output_dir or f"benchmark/{args.dataset}-{args.backbone}").resolve()
     for folder in ("runs", "checkpoints"):
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
-    if args.data_path:
-        user_args = [*user_args, f"--data_path={Path(args.data_path).resolve()}"]
-        overrides["data_path"] = str(Path(args.data_path).resolve())
+    configured = configured_value("data_path", config_files)  # relative to here, but the runs start in output_dir
+    data_path = args.data_path or (configured if configured and not Path(configured).is_absolute() else None)
+    if data_path:
+        user_args = [*user_args, f"--data_path={Path(data_path).resolve()}"]
+        overrides["data_path"] = str(Path(data_path).resolve())
     command = " ".join(["python -m recbole_align.benchmark", *args.command_line])
     given = None
     if args.pretrained_checkpoint:

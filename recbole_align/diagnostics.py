@@ -9,7 +9,8 @@
     python -m recbole_align.diagnostics --dataset=ml-1m-half --data_path=../shared/data \\
         --pretrained_checkpoint=saved/HSTU-bc.pth [--checkpoints="saved/PPO.pth saved/DPO.pth"] [--output_dir=.]
 
-Other ``--key=value`` arguments are config overrides, as for ``run_recbole_align.py``.
+Other ``--key=value`` arguments (and ``--config_files``) are config overrides, as for ``run_recbole_align.py``:
+give the runs' own, so that Table 2 reads the same data.
 """
 
 import argparse
@@ -113,9 +114,10 @@ def reward_model_errors(judge, test_loader, valid_loader, config):
     return {name: {"MSE": (e**2).mean().item(), "MAE": e.abs().mean().item()} for name, e in errors.items()}
 
 
-def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir=".", config_dict=None):
+def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir=".", config_dict=None,
+                    config_file_list=()):
     """Table 2 for the BC checkpoint's reward head and the Avg Reward of BC and of each of
-    ``checkpoints``; writes ``diagnostics.md``, ``reward_model.csv`` and ``avg_reward.csv`` to
+    ``checkpoints``, on the data of ``config_file_list`` and ``config_dict`` (as the runs'); writes ``diagnostics.md``, ``reward_model.csv`` and ``avg_reward.csv`` to
     ``output_dir``; returns {"reward_model": Table 2, "avg_reward": {name: score}, "n_test": N, "markdown"}."""
     bc = read_pretrained(pretrained_checkpoint)
     if spec_of(bc["config"]).post_training:
@@ -129,7 +131,7 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
         )
 
     def config_of(checkpoint, path):  # each checkpoint's model built in its own shape (e.g. no reward head after Exp-RSFT)
-        return build_config(bc["config"]["model"], dataset, config_dict={
+        return build_config(bc["config"]["model"], dataset, list(config_file_list), config_dict={
             **(config_dict or {}), "pretrained_checkpoint": str(path), "backbone": bc["config"]["backbone"],
             **architecture_of(checkpoint["config"]),
         })
@@ -173,8 +175,10 @@ def main(argv=None):
     parser.add_argument("--pretrained_checkpoint", required=True, help="BC checkpoint with a reward head: the judge")
     parser.add_argument("--checkpoints", default="", help="space-separated post-trained checkpoints to score")
     parser.add_argument("--output_dir", default=".", help="folder for diagnostics.md and the CSV files")
+    parser.add_argument("--config_files", default=None, help="space-separated yaml files, as the runs had")
     args, overrides = parse_command_line(parser, argv)
-    tables = run_diagnostics(args.dataset, args.pretrained_checkpoint, args.checkpoints.split(), args.output_dir, overrides)
+    tables = run_diagnostics(args.dataset, args.pretrained_checkpoint, args.checkpoints.split(), args.output_dir, overrides,
+                             args.config_file_list)
     print(tables["markdown"])
 
 

@@ -1,5 +1,6 @@
 """Stages planned once (recbole_align.stages): what a plan settles before it builds each Config, that
-nothing edits a planned Config afterwards, and that the BC stage's reuse key lists every key."""
+nothing edits a planned Config afterwards, and that the BC stage's reuse key lists every key; and that the
+tools above the runs (diagnostics, the benchmark) read the data where the runs' config files say."""
 
 import contextlib
 import io
@@ -10,6 +11,8 @@ import warnings
 import pytest
 
 from recbole_align.config import build_config, command_line_overrides, json_safe
+from recbole_align.diagnostics import PREDICTORS, run_diagnostics
+from recbole_align.errors import AlignError
 from recbole_align.quick_start import run_bc_stage, run_stage
 from recbole_align.stages import BC_RUN_KEYS, BC_TRAINING_KEYS, plan_run
 from conftest import tiny, write_atomic
@@ -91,3 +94,35 @@ def test_a_given_checkpoint_lends_its_architecture_before_the_config_is_built(da
     (run,) = plan.stages
     assert run.config["embedding_size"] == 16 and run.config["reward_head"] is True
     assert "embedding_size = 16 from the pretrained checkpoint (config said 8)" in run.notes
+
+
+def test_table_2_reads_the_data_where_the_runs_config_files_say(data, monkeypatch):
+    """Diagnostics (and the benchmark's Table 2) build their dataset with the runs' config files: here the data
+    folder is named only in one, relative to the working directory."""
+    monkeypatch.chdir(data)
+    bc = quietly(run_stage, plan_of("BC", data, "--embedding_size=8", "--reward_head=True").run)
+    config_file = data / "gen.yaml"
+    config_file.write_text("data_path: data\n")
+    settings = {**command_line_overrides(tiny("--topk=[10]", "--MAX_ITEM_LIST_LENGTH=5")), "state": "ERROR"}
+    tables = quietly(run_diagnostics, "gen", bc["checkpoint"], (), data / "out", settings, [str(config_file)])
+    assert tables["n_test"] == 30 and set(tables["reward_model"]) == set(PREDICTORS)
+    with pytest.raises(AlignError, match=r"Dataset \[gen\] not found"):
+        quietly(run_diagnostics, "gen", bc["checkpoint"], (), data / "out", settings)
+
+
+def test_the_benchmark_resolves_a_relative_data_path_of_its_config_files_where_it_runs(data, monkeypatch):
+    """The runs' processes start in the output folder: a config file's relative data_path reaches them resolved."""
+    import recbole_align.benchmark as benchmark
+
+    class Planned(Exception):
+        pass
+
+    def planned(runs, baselines, dataset, output_dir, config_files, user_args, *args, **kwargs):
+        raise Planned(user_args)
+
+    monkeypatch.chdir(data)
+    (data / "gen.yaml").write_text("data_path: data\n")
+    monkeypatch.setattr(benchmark, "execute_all", planned)
+    with pytest.raises(Planned) as caught:
+        benchmark.main(["--dataset=gen", "--config_files=gen.yaml", "--baselines=[]", f"--output_dir={data / 'out'}"])
+    assert f"--data_path={data / 'data'}" in caught.value.args[0]

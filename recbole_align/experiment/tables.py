@@ -21,9 +21,10 @@ from recbole_align.report import (
 )
 
 
-def reward_model_table(runs, dataset, output_dir, overrides):
+def reward_model_table(runs, dataset, output_dir, overrides, config_files=()):
     """Table 2 (MSE, MAE of the reward head and the naive predictors; mean ± std over the seeds' BC
-    checkpoints) as (markdown, csv header, csv rows), or None without a finished BC."""
+    checkpoints, on the data of the runs' ``config_files`` and ``overrides``) as (markdown, csv header,
+    csv rows), or None without a finished BC."""
     checkpoints = dict.fromkeys(bc_checkpoint_of(r.results) for r in runs if r.label == "BC" and r.results is not None)
     checkpoints = [c for c in checkpoints if Path(c).is_file()]  # a reused BC JSON may outlive its checkpoint
     checkpoints = [c for c in checkpoints if read_pretrained(c)["config"]["reward_head"]]
@@ -32,7 +33,7 @@ def reward_model_table(runs, dataset, output_dir, overrides):
     errors = []
     for checkpoint in checkpoints:
         folder = output_dir / "diagnostics" / Path(checkpoint).stem
-        errors.append(run_diagnostics(dataset, checkpoint, (), folder, overrides)["reward_model"])
+        errors.append(run_diagnostics(dataset, checkpoint, (), folder, overrides, config_files)["reward_model"])
     rows = {}
     for metric in ("MSE", "MAE"):
         rows[metric] = {name: mean_std([e[name][metric] for e in errors]) for name in PREDICTORS}
@@ -148,7 +149,8 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     write_table(output_dir / "table.csv", *csv_rows(best, [*keys, "avg_reward", "epoch"]))
     write_table(output_dir / "table_final.csv", *csv_rows(final, [*keys, "epoch"]))
     write_table(output_dir / "unfiltered.csv", *csv_rows(aggregate(runs, "test"), keys))
-    table2 = reward_model_table(runs, args.dataset, output_dir, overrides)
+    config_files = [str(Path(f).resolve()) for f in args.config_files.split()] if args.config_files else []
+    table2 = reward_model_table(runs, args.dataset, output_dir, overrides, config_files)
     if table2 is not None:
         parts += ["## Reward model vs naive rating predictors (Table 2, test ratings)", REWARD_MODEL_NOTE, table2[0]]
         write_table(output_dir / "reward_model.csv", table2[1], table2[2])
