@@ -84,6 +84,7 @@ SETTING_CHECKS = (
     ("train_neg_sample_args", lambda v: v is None or _mapping(v), "a mapping or ~"),
     ("clip_grad_norm", lambda v: v is None or _mapping(v), "a mapping (e.g. {max_norm: 5}) or ~"),
     ("epochs", lambda v: is_integer(v) and v >= 0, "an integer >= 0 (0 only evaluates the starting model)"),
+    ("eval_step", is_integer, "an integer (validation every eval_step epochs; <= 0: none)"),
     ("train_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("eval_batch_size", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("catalogue_chunk_mb", lambda v: is_number(v) and v > 0, "a number of MiB > 0"),
@@ -118,7 +119,8 @@ def check_values(settings):
 
 
 def check_settings(config):
-    """check_values of the built ``config``, and a ``valid_metric`` that ``metrics`` and ``topk`` compute."""
+    """check_values of the built ``config``, a budget of whole ``eval_step`` periods, and a ``valid_metric``
+    that ``metrics`` and ``topk`` compute."""
     check_values(config)
     metric, _, k = str(config["valid_metric"]).partition("@")
     topk = config["topk"] if isinstance(config["topk"], list) else [config["topk"]]
@@ -127,6 +129,12 @@ def check_settings(config):
             f"valid_metric {config['valid_metric']} needs {k} in topk {config['topk']}: add it (e.g. "
             f"--topk=[{','.join(str(t) for t in sorted({*topk, int(k)}))}]) or choose another, e.g. "
             f"--valid_metric={metric}@{topk[0]}."
+        )
+    eval_step, epochs = config["eval_step"], config["epochs"]
+    if eval_step > 1 and epochs % eval_step:
+        raise AlignError(
+            f"epochs ({epochs}) must be a multiple of eval_step ({eval_step}): the model at the end of training is "
+            f"validated and tested at its last epoch (e.g. --epochs={epochs + eval_step - epochs % eval_step})."
         )
     keys = metric_keys(config["metrics"], topk)
     if str(config["valid_metric"]).lower() not in keys:
