@@ -539,3 +539,22 @@ def test_catalogue_wide_sampling_and_kl_in_blocks_equal_one_block():
     actions, _, pairs, _ = in_blocks
     assert (pairs[:, 0] != pairs[:, 1]).all()
     assert not (actions.unsqueeze(2) == history.unsqueeze(1)).any()  # nothing of the history, nor padding
+
+
+def test_a_rollout_is_scored_as_the_policy_under_bf16_autocast():
+    """PPO's first pass samples its rollout (log pi_old) and then scores it with gradients (log pi_theta):
+    under ``mixed_precision: bf16`` both are computed in fp32, so that the first pass's ratio is exactly 1."""
+    from recbole_align.trainer import on_policy
+
+    model, reference = make_model(n_items=30).eval(), make_model(n_items=30, seed=1).eval()
+    rows, positions = torch.tensor([0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 1, 2, 0, 1, 3, 5])
+    history = history_items(torch.tensor([[3, 5, 3, 9, 0, 0], [4, 6, 7, 8, 1, 2]]), rows, positions)
+    torch.manual_seed(3)
+    states = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1).bfloat16()  # as a bf16 forward leaves them
+    reference_states = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        actions, log_old = on_policy.sample_with_log_probs(model, states, history, 16)
+        log_pi, _ = on_policy.log_probs_and_kl(model, states, reference, reference_states, history, actions)
+        scored = on_policy.log_probs_at(model, states, history, actions)
+    assert log_old.dtype == torch.float32 and torch.allclose(log_pi, log_old, atol=1e-5)
+    assert torch.allclose(scored, log_old, atol=1e-5)

@@ -3,6 +3,7 @@ from it, the exact KL between two such policies, and a trainer base that holds t
 (the KL anchor π_BC, whose reward head is the reward model r̂)."""
 
 import copy
+import functools
 from collections import namedtuple
 
 import torch
@@ -12,6 +13,23 @@ from recbole_align.memory import row_chunks
 from recbole_align.trainer.align_trainer import AlignTrainer
 
 Contexts = namedtuple("Contexts", "states reference_states history")
+
+
+def _at_least_fp32(tensor):
+    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
+
+
+def in_fp32(function):
+    """``function(model, states, ...)`` outside autocast, on fp32 states: the log-probabilities of a rollout
+    are computed as :func:`log_probs_and_kl` computes the policy's, so that PPO's first ratio is exactly 1
+    under ``mixed_precision: bf16`` too."""
+
+    @functools.wraps(function)
+    def exact(model, states, *args, **kwargs):
+        with torch.autocast(states.device.type, enabled=False):
+            return function(model, _at_least_fp32(states), *args, **kwargs)
+
+    return exact
 
 
 def history_items(item_seq, rows, positions):
@@ -80,6 +98,7 @@ def chunks_of(model, n_rows):
 
 
 @torch.no_grad()
+@in_fp32
 def sample_with_log_probs(model, states, history, num_samples, temperature=1.0):
     """K items per context from π(·|s) at ``temperature`` and their log-probabilities: ([M, K], [M, K]),
     computed in chunks of rows so that no [M, n_items] tensor is kept."""
@@ -95,6 +114,7 @@ def sample_with_log_probs(model, states, history, num_samples, temperature=1.0):
 
 
 @torch.no_grad()
+@in_fp32
 def log_probs_at(model, states, history, actions, temperature=1.0):
     """log π(a_mk|s_m) of given items at ``temperature``: [M, K], in chunks of rows (no gradient)."""
     return torch.cat([
@@ -104,6 +124,7 @@ def log_probs_at(model, states, history, actions, temperature=1.0):
 
 
 @torch.no_grad()
+@in_fp32
 def log_normaliser(model, states, history, temperature=1.0):
     """log sum_{a not in history} exp(logit(s_m, a) / temperature): [M], in chunks of rows (no gradient)."""
     return torch.cat([
@@ -193,10 +214,6 @@ class _LogProbsAndKL(torch.autograd.Function):
             grad_states[rows] = (grad_logits @ items).mul_(scale)
             grad_items.addmm_(grad_logits.T, states[rows], alpha=scale)
         return grad_states, grad_items, None, None, None, None, None, None, None, None
-
-
-def _at_least_fp32(tensor):
-    return tensor.float() if tensor.dtype in (torch.bfloat16, torch.float16) else tensor
 
 
 def log_probs_and_kl(model, states, reference, reference_states, history, actions, temperature=1.0,
