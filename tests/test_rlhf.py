@@ -325,7 +325,7 @@ def test_ppo_refuses_ppo_epochs_below_one(workdir, ml100k_slice, ppo_run, tmp_pa
         f"--pretrained_checkpoint={ppo_run[1]['pretrained_checkpoint']}", "--ppo_epochs=0", *TINY,
     )
     assert process.returncode == 2 and results is None
-    assert process.stderr.strip().splitlines()[-1] == "recbole-align: error: ppo_epochs must be a positive integer, got 0."
+    assert process.stderr.strip().splitlines()[-1] == "recbole-align: error: ppo_epochs must be a positive integer; got 0."
 
 
 @pytest.mark.slow
