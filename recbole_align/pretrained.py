@@ -114,6 +114,17 @@ def resume_changes(state):
     return input_changes(recorded) if recorded else []
 
 
+def stale_last_state(path):
+    """Why the last-epoch state at ``path`` (a ``.last.pth``) cannot continue its run: its inputs changed
+    since it was saved (resume_changes), or it cannot be read (e.g. cut short by a crash while saved);
+    [] when it can."""
+    try:
+        state = read_pretrained(path, "resume")
+    except AlignError as error:
+        return [f"it cannot be read ({error})"]
+    return resume_changes(state) if "resume" in state else ["it holds no training state"]
+
+
 def check_start(saved_config, path, config):
     """Refuse to start the run of ``config`` from the checkpoint at ``path`` (whose config is
     ``saved_config``) when it holds another model class or was trained on another dataset."""

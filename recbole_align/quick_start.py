@@ -156,14 +156,15 @@ def train_and_evaluate(config, spec, saved=True):
 def evaluate_final_and_best(trainer, valid_data, test_data, saved):
     """({split: SplitResult} of the model as training left it, the same of the best checkpoint), each
     case scored once per model: the final test pass is the last epoch's (``epoch_test_metrics``) when
-    there is one, and the final model is the best one (no pass of its own) when the best epoch is the
+    the last epoch was validated, and the final model is the best one (no pass of its own) when the best epoch is the
     last or nothing was saved."""
     last_epoch = trainer.epoch_log[-1]["epoch"] if trainer.epoch_log else None
     final = None
+    last_epoch_test = trainer.last_epoch_test if trainer.epoch_log and "test" in trainer.epoch_log[-1] else None
     if saved and last_epoch is not None and trainer.best_epoch() != last_epoch:
         final = {
             "valid": trainer.evaluate_split(valid_data, "valid"),
-            "test": trainer.last_epoch_test or trainer.evaluate_split(test_data, "test"),
+            "test": last_epoch_test or trainer.evaluate_split(test_data, "test"),
         }
     best = {
         "valid": trainer.evaluate_split(valid_data, "valid", load_best_model=saved),

@@ -18,7 +18,7 @@ from recbole.utils import get_local_time
 
 from recbole_align.config import backbone_spec, build_config, json_safe, yaml_keys
 from recbole_align.data import stale_inputs
-from recbole_align.pretrained import architecture_of, check_start, read_pretrained, resume_changes, resumed_settings
+from recbole_align.pretrained import architecture_of, check_start, read_pretrained, resumed_settings, stale_last_state
 from recbole_align.registry import AlignModel
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -135,7 +135,7 @@ def plan_bc_stage(config, spec, files, given):
     partial = path.with_suffix(".partial.pth")
     last = Path(last_state_file(partial))
     resume = last.is_file()
-    if resume and (changes := resume_changes(read_pretrained(last, "resume"))):
+    if resume and (changes := stale_last_state(last)):
         notes.append(f"BC stage: not resuming {last}: {'; '.join(changes)}")
         resume = False
     bc_dict.update(process_settings(bc_config))

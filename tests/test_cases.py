@@ -73,6 +73,22 @@ def test_a_run_writes_its_per_case_results(tmp_path):
     assert case_metric(final, "hit@10").mean() == pytest.approx(last_epoch["hit@10"], abs=1e-4)
 
 
+def test_a_last_epoch_without_validation_is_tested_as_training_left_it(tmp_path):
+    """epochs=3, eval_step=2: epoch 1 is validated (and is the best), epoch 2 is not; the final view is a
+    test pass of the model after epoch 2, not epoch 1's pass again."""
+    data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
+    args = tiny("--model=HSTU", "--dataset=gen", f"--data_path={data_path}", "--epochs=3", "--eval_step=2",
+                "--topk=[5,10]", "--MAX_ITEM_LIST_LENGTH=5", "--learning_rate=0.01",
+                f"--results_file={tmp_path / 'r.json'}", f"--checkpoint_dir={tmp_path}")
+    status, errors = run_in_process(tmp_path, run_main, *args)
+    assert status == 0, errors
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results["best_epoch"] == 1 and ["test" in entry for entry in results["epoch_log"]] == [False, True, False]
+    with np.load(results["cases_file"]) as cases:
+        assert cases["final_epoch"] == 2
+        assert not np.array_equal(cases["test_rank"], cases["test_rank_final"])
+
+
 def test_valid_cases_all_selects_the_best_epoch_on_every_valid_case(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
     args = tiny("--model=HSTU", "--dataset=gen", f"--data_path={data_path}", "--epochs=4", "--topk=[5,10]",

@@ -124,8 +124,6 @@ def without_column(data_path, column, name):
         (["--valid_metric=Recall@10"], "valid_metric Recall@10 is not among what metrics"),
         (["--num_negatives=0"], "num_negatives must be a positive integer (sampled negatives per position); got 0"),
         (["--temperature=0"], "temperature must be a number > 0; got 0"),
-        (["--epochs=30", "--eval_step=7"], "epochs (30) must be a multiple of eval_step (7): the model at the end of "
-                                           "training is validated and tested at its last epoch (e.g. --epochs=35)"),
         (["--eval_step=two"], "eval_step must be an integer (validation every eval_step epochs; <= 0: none); got 'two'"),
     ],
 )

@@ -126,7 +126,8 @@ def test_resume_errors(ml100k_slice, bc_run, model, resume, overrides, message):
 
 def test_a_resume_on_changed_data_is_refused_and_a_bc_stage_starts_afresh(ml100k_slice, tmp_path):
     """The last state records the data files it learned from: after the .inter file is edited, --resume is
-    refused in one line, and the plan of a BC stage interrupted on the old data trains it afresh."""
+    refused in one line, and the plan of a BC stage interrupted on the old data (or whose state is cut
+    short) trains it afresh."""
     data_path = tmp_path / "data"
     shutil.copytree(ml100k_slice, data_path)
     run("HSTU", data_path, tmp_path, "cut", "--epochs=1")
@@ -148,6 +149,14 @@ def test_a_resume_on_changed_data_is_refused_and_a_bc_stage_starts_afresh(ml100k
     bc_stage = plan_run("ExpRSFT", "ml-100k-slice", config_dict=args).stages[0]
     assert bc_stage.config["resume"] is None
     assert any(note.startswith("BC stage: not resuming") and "ml-100k-slice.inter" in note for note in bc_stage.notes)
+
+    # a state cut short (the machine stopped while it was saved) is not resumed either: trained afresh
+    partial_state = last_state_file(planned.config["checkpoint_file"])
+    with open(partial_state, "wb") as cut_short:
+        cut_short.write(last.read_bytes()[:1000])
+    bc_stage = plan_run("ExpRSFT", "ml-100k-slice", config_dict=args).stages[0]
+    assert bc_stage.config["resume"] is None
+    assert any(note.startswith("BC stage: not resuming") and "cannot be read" in note for note in bc_stage.notes)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import numpy as np
 
 from recbole_align.data import stale_inputs
 from recbole_align.experiment.plan import bc_checkpoint_of, kind
-from recbole_align.pretrained import read_pretrained, resume_changes
+from recbole_align.pretrained import stale_last_state
 from recbole_align.report import COST_KEYS
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -50,7 +50,7 @@ def execute(run, dataset, output_dir, config_files, user_args):
         run.results = None
         results_file.unlink()
         last_state.unlink(missing_ok=True)  # its last state is the old data's finished training
-    if last_state.is_file() and (changes := resume_changes(read_pretrained(last_state, "resume"))):
+    if last_state.is_file() and (changes := stale_last_state(last_state)):
         print(f"{run.label} seed {run.seed}: not resuming {last_state.name}, {'; '.join(changes)}", flush=True)
         last_state.unlink()
     run.resumed = last_state.is_file()
