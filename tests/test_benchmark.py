@@ -229,6 +229,25 @@ def test_tuning_gives_every_row_the_same_grid_and_the_choice_reuses_its_trial():
         assert run_hash(final, "d", [], []) == run_hash(best, "d", [], [])  # the tuning seed's run is reused
 
 
+def test_every_tuning_trial_is_one_its_trainer_accepts_and_only_refused_values_are_left_out():
+    from recbole_align.config import build_config
+    from recbole_align.errors import AlignError
+    from recbole_align.experiment.methods import METHOD_TABLE, all_rows, grid
+
+    for label, (_, model, settings) in all_rows().items():
+        trials = grid(label)
+        refused = (METHOD_TABLE[model].refused or {}).get(label, {})
+        assert len(trials) == 8 // 2 ** sum(len(values) for values in refused.values()), label
+        for trial in trials:  # each builds (the trainers' checks run when the config is built)
+            build_config(model, "ml-100k", config_dict={**settings, **trial, "state": "ERROR"})
+        for key, values in refused.items():  # what is left out is refused, so the narrowing is needed
+            for value in values:
+                with pytest.raises(AlignError, match=key):
+                    build_config(model, "ml-100k", config_dict={**settings, **trials[0], key: value, "state": "ERROR"})
+    assert {label: len(grid(label)) for label in ("RSFT", "RSFT standardised", "RSFT trajectory")} == {
+        "RSFT": 8, "RSFT standardised": 4, "RSFT trajectory": 4}
+
+
 def test_final_epoch_view_reads_the_last_logged_epoch():
     from recbole_align.experiment.plan import Run
     from recbole_align.experiment.aggregate import aggregate

@@ -13,12 +13,14 @@ class Method:
     ``grid``: its tuning key beside SHARED_GRID (2 values: 2 x 2 x 2 = 8 trials for every row);
     ``rows``: (label, settings) of the rows that naming the method runs (default: its own row, no settings);
     ``named_rows``: rows run only when --methods names them by label;
-    ``on_policy``: it samples from the policy and scores the samples with the BC reward head."""
+    ``on_policy``: it samples from the policy and scores the samples with the BC reward head;
+    ``refused``: {row label: {grid key: values}} that the row's trainer refuses, left out of its trials."""
 
     grid: dict
     rows: tuple = None
     named_rows: tuple = ()
     on_policy: bool = False
+    refused: dict = None
 
 
 SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
@@ -30,7 +32,10 @@ METHOD_TABLE = {
     "RSFT": Method({"weight_normalization": ("mean", "sum")},
                    rows=(("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}),
                          ("RSFT standardised", {"standardize_rewards": True})),
-                   named_rows=(("RSFT trajectory", {"reward_scope": "trajectory"}),)),
+                   named_rows=(("RSFT trajectory", {"reward_scope": "trajectory"}),),
+                   # standardised weights sum to about 0: the trainer refuses to divide by their sum
+                   refused={"RSFT standardised": {"weight_normalization": ("sum",)},
+                            "RSFT trajectory": {"weight_normalization": ("sum",)}}),
     "DRPO": Method({"drpo_keep_fraction": (0.25, 0.5)}),
     "PPO": Method({"kl_coef": (0.01, 0.1)}, on_policy=True),
     "DPO": Method({"dpo_beta": (0.1, 0.5)}, on_policy=True),
@@ -55,6 +60,10 @@ def method_rows(methods):
 
 
 def grid(label):
-    """The tuning trials of a row: every combination of SHARED_GRID and its method's grid key."""
-    space = {**SHARED_GRID, **METHOD_TABLE[all_rows()[label][1]].grid}
+    """The tuning trials of a row: every combination of SHARED_GRID and its method's grid key, but the
+    values its trainer refuses (``Method.refused``: those rows get fewer trials, not failed ones)."""
+    method = METHOD_TABLE[all_rows()[label][1]]
+    refused = (method.refused or {}).get(label, {})
+    space = {key: tuple(v for v in values if v not in refused.get(key, ()))
+             for key, values in {**SHARED_GRID, **method.grid}.items()}
     return [dict(zip(space, values)) for values in itertools.product(*space.values())]

@@ -198,8 +198,11 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         markdown, header, rows = tuning_table(trials, chosen)
         write_table(output_dir / "tuning.csv", header, rows)
         untuned = [label for label in dict.fromkeys(t.label for t in trials if t.label != "BC") if label not in chosen]
-        parts += [f"## Tuning (seed {seeds[0]}: {len(grid(next(t.label for t in trials if t.label != 'BC')))} trials per method, the same grid "
-                  f"shape for all: {', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
+        counts = {label: len(grid(label)) for label in dict.fromkeys(t.label for t in trials if t.label != "BC")}
+        most = max(counts.values(), default=0)
+        fewer = "".join(f"; {label}: {n}, without the values its trainer refuses" for label, n in counts.items() if n < most)
+        parts += [f"## Tuning (seed {seeds[0]}: {most} trials per row{fewer}; the same grid shape for all: "
+                  f"{', '.join(f'{k} {v}' for k, v in SHARED_GRID.items())} and one key of the method; "
                   f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
         if untuned:
             parts.append(f"No trial finished for {', '.join(untuned)}: those rows ran at their yaml defaults.")
