@@ -248,6 +248,27 @@ def test_every_tuning_trial_is_one_its_trainer_accepts_and_only_refused_values_a
         "RSFT": 8, "RSFT standardised": 4, "RSFT trajectory": 4}
 
 
+def test_each_row_is_compared_with_bc_its_own_control_and_its_method():
+    from recbole_align.experiment.aggregate import comparisons
+    from recbole_align.experiment.methods import all_rows
+    from recbole_align.experiment.plan import Run
+
+    def pairs(labels):
+        runs = [Run(label, all_rows()[label][1] if label != "BC" else "BC", 2020, {}) for label in labels]
+        return set(comparisons(runs, labels))
+
+    exact = pairs(["BC", "ContinuedBC", "ContinuedBC exact", "ExpRSFT", "ExpRSFT exact"])
+    assert exact == {("ContinuedBC", "BC"), ("ContinuedBC exact", "BC"), ("ExpRSFT", "BC"), ("ExpRSFT exact", "BC"),
+                     ("ExpRSFT", "ContinuedBC"), ("ExpRSFT exact", "ContinuedBC exact"),  # the control of the same loss
+                     ("ContinuedBC exact", "ContinuedBC"), ("ExpRSFT exact", "ExpRSFT")}  # a named row vs its method
+    paper = pairs(["BC", "ContinuedBC", "ExpRSFT", "RSFT", "RSFT rescaled"])
+    assert paper == {("ContinuedBC", "BC"), ("ExpRSFT", "BC"), ("RSFT", "BC"), ("RSFT rescaled", "BC"),
+                     ("ExpRSFT", "ContinuedBC"), ("RSFT", "ContinuedBC"), ("RSFT rescaled", "ContinuedBC"),
+                     ("ExpRSFT", "RSFT"), ("ExpRSFT", "RSFT rescaled")}
+    assert pairs(["BC", "ExpRSFT trajectory", "RSFT trajectory"]) == {
+        ("ExpRSFT trajectory", "BC"), ("RSFT trajectory", "BC"), ("ExpRSFT trajectory", "RSFT trajectory")}
+
+
 def test_final_epoch_view_reads_the_last_logged_epoch():
     from recbole_align.experiment.plan import Run
     from recbole_align.experiment.aggregate import aggregate

@@ -8,7 +8,7 @@ import pandas as pd
 
 from recbole_align.data import EVAL_SPLITS
 from recbole_align.evaluator.paired import paired_difference, read_cases
-from recbole_align.experiment.methods import grid
+from recbole_align.experiment.methods import NAMED_ROWS, all_rows, grid
 from recbole_align.report import COLUMNS, COST_KEYS, markdown_table
 
 
@@ -115,12 +115,20 @@ def table3(runs, split, view, labels):
 
 def comparisons(runs, labels):
     """The paired comparisons (A, B) of the rows ``labels``: every post-training row against BC and against
-    the ContinuedBC control, and every Exp-RSFT row against every RSFT row (the rows' models in ``runs``)."""
+    its "more training" control (the ContinuedBC row trained with the row's own settings, e.g. the same
+    ``loss_type``, else ContinuedBC), every named row against its method's own row (ExpRSFT exact vs
+    ExpRSFT), and every Exp-RSFT row against every RSFT row (the rows' models in ``runs``)."""
     model = {run.label: run.model for run in runs}
-    post = [label for label in labels if label not in ("BC",)]
+    settings = {label: row[2] for label, row in all_rows().items()}
+    post = [label for label in labels if label != "BC"]
+    controls = [label for label in post if model.get(label) == "ContinuedBC"]
     pairs = [(label, "BC") for label in post]
-    if "ContinuedBC" in labels:
-        pairs += [(label, "ContinuedBC") for label in post if label != "ContinuedBC"]
+    for label in post:
+        same = [c for c in controls if settings.get(c) == settings.get(label)]
+        control = same[0] if same else "ContinuedBC" if "ContinuedBC" in labels else None
+        if model.get(label) != "ContinuedBC" and control:
+            pairs.append((label, control))
+    pairs += [(label, model[label]) for label in post if label in NAMED_ROWS and model[label] in labels]
     pairs += [(a, b) for a in labels if model.get(a) == "ExpRSFT" for b in labels if model.get(b) == "RSFT"]
     return pairs
 

@@ -25,10 +25,12 @@ class Method:
 
 SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
 METHOD_TABLE = {
-    "ContinuedBC": Method({"train_batch_size": (64, 128)}),
+    # "exact": -log pi by the exact softmax over the catalogue instead of HSTU's sampled softmax (BC's loss)
+    "ContinuedBC": Method({"train_batch_size": (64, 128)}, named_rows=(("ContinuedBC exact", {"loss_type": "CE"}),)),
     "ExpRSFT": Method({"reward_lambda": (0.5, 1.0)},
                       # the analogue of the paper's Table 6 (trajectory rewards), with RSFT's
-                      named_rows=(("ExpRSFT trajectory", {"reward_scope": "trajectory"}),)),
+                      named_rows=(("ExpRSFT trajectory", {"reward_scope": "trajectory"}),
+                                  ("ExpRSFT exact", {"loss_type": "CE"}))),
     "RSFT": Method({"weight_normalization": ("mean", "sum")},
                    rows=(("RSFT", {}), ("RSFT rescaled", {"rescale_rewards": True}),
                          ("RSFT standardised", {"standardize_rewards": True})),
@@ -41,6 +43,7 @@ METHOD_TABLE = {
     "DPO": Method({"dpo_beta": (0.1, 0.5)}, on_policy=True),
     "GRPO": Method({"kl_coef": (0.01, 0.1)}, on_policy=True),
 }
+NAMED_ROWS = {label for method in METHOD_TABLE.values() for label, _ in method.named_rows}
 METHODS = ("BC", *METHOD_TABLE)  # what --methods takes (besides row labels)
 BASELINES = ("SASRec", "GRU4Rec", "BERT4Rec", "NARM", "Caser", "FPMC")
 
