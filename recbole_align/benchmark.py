@@ -12,7 +12,7 @@ a 0-epoch run), and every post-training method starts from that checkpoint and t
 budget of ``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0,
 1]-rescaled ratings; ``--sweep_lambda`` adds an Exp-RSFT row per λ. With ``--tune``, every
 post-training row first gets the same grid of 8 trials on the first seed (SHARED_GRID x its
-method's key in METHOD_TABLE), chosen on the filtered valid NDCG@10, and every seed then runs at the choice. The
+method's key in METHOD_TABLE; without the values a row's trainer refuses), chosen on the filtered valid NDCG@10, and every seed then runs at the choice. The
 RecBole baselines train with RecBole's own pipeline for at most ``--baseline_epochs`` epochs. Every
 run is a process of ``python -m recbole_align`` whose results JSON (and log) is kept under
 ``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers the run's model,
@@ -167,7 +167,7 @@ def main(argv=None):
                         help="BC trained exactly this many epochs (default: to its plateau, see BC_PLATEAU)")
     parser.add_argument("--epochs", type=int, default=30, help="post-training epochs, a fixed budget (the paper's 30)")
     parser.add_argument("--tune", action="store_true",
-                        help="first tune every method on the first seed (8 trials each), then run all seeds at the choice")
+                        help="first tune every method on the first seed (8 trials a row), then run all seeds at the choice")
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
     parser.add_argument("--noise_sweep", default=None,
                         help='noise stds σ, e.g. "[0,0.5,1,2]": Exp-RSFT at every --sweep_lambda λ, RSFT and DRPO at each σ, '

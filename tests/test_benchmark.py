@@ -254,8 +254,10 @@ def test_each_row_is_compared_with_bc_its_own_control_and_its_method():
     from recbole_align.experiment.plan import Run
 
     def pairs(labels):
-        runs = [Run(label, all_rows()[label][1] if label != "BC" else "BC", 2020, {}) for label in labels]
-        return set(comparisons(runs, labels))
+        runs = [Run(label, all_rows()[label][1] if label in all_rows() else label, 2020, {}) for label in labels]
+        found = comparisons(runs, labels)
+        assert len(found) == len(set(found)) and all(a != b for a, b in found)
+        return set(found)
 
     exact = pairs(["BC", "ContinuedBC", "ContinuedBC exact", "ExpRSFT", "ExpRSFT exact"])
     assert exact == {("ContinuedBC", "BC"), ("ContinuedBC exact", "BC"), ("ExpRSFT", "BC"), ("ExpRSFT exact", "BC"),
@@ -267,6 +269,10 @@ def test_each_row_is_compared_with_bc_its_own_control_and_its_method():
                      ("ExpRSFT", "RSFT"), ("ExpRSFT", "RSFT rescaled")}
     assert pairs(["BC", "ExpRSFT trajectory", "RSFT trajectory"]) == {
         ("ExpRSFT trajectory", "BC"), ("RSFT trajectory", "BC"), ("ExpRSFT trajectory", "RSFT trajectory")}
+    # no control of the other loss, no Exp-RSFT vs RSFT across losses or scopes; a baseline is compared with BC
+    assert pairs(["BC", "ContinuedBC", "ExpRSFT exact", "RSFT", "ExpRSFT trajectory", "SASRec"]) == {
+        ("ContinuedBC", "BC"), ("ExpRSFT exact", "BC"), ("RSFT", "BC"), ("ExpRSFT trajectory", "BC"),
+        ("SASRec", "BC"), ("RSFT", "ContinuedBC"), ("ExpRSFT trajectory", "ContinuedBC"), ("SASRec", "ContinuedBC")}
 
 
 def test_final_epoch_view_reads_the_last_logged_epoch():

@@ -115,21 +115,24 @@ def table3(runs, split, view, labels):
 
 def comparisons(runs, labels):
     """The paired comparisons (A, B) of the rows ``labels``: every post-training row against BC and against
-    its "more training" control (the ContinuedBC row trained with the row's own settings, e.g. the same
-    ``loss_type``, else ContinuedBC), every named row against its method's own row (ExpRSFT exact vs
-    ExpRSFT), and every Exp-RSFT row against every RSFT row (the rows' models in ``runs``)."""
+    its "more training" control (the ContinuedBC row trained with the row's own settings, e.g. ``ContinuedBC
+    exact`` for ``ExpRSFT exact``; ContinuedBC for a row that has no such control, e.g. ``RSFT rescaled``),
+    every named row against its method's own row (ExpRSFT exact vs ExpRSFT), and every Exp-RSFT row against
+    every RSFT row of the same ``loss_type`` and ``reward_scope`` (the rows' models in ``runs``)."""
     model = {run.label: run.model for run in runs}
-    settings = {label: row[2] for label, row in all_rows().items()}
+    rows = all_rows()
+    settings = {label: rows[label][2] if label in rows else {} for label in labels}
     post = [label for label in labels if label != "BC"]
-    controls = [label for label in post if model.get(label) == "ContinuedBC"]
     pairs = [(label, "BC") for label in post]
-    for label in post:
-        same = [c for c in controls if settings.get(c) == settings.get(label)]
-        control = same[0] if same else "ContinuedBC" if "ContinuedBC" in labels else None
-        if model.get(label) != "ContinuedBC" and control:
+    for label in (label for label in post if model.get(label) != "ContinuedBC"):
+        own = [c for c, (_, m, s) in rows.items() if m == "ContinuedBC" and s == settings[label]]
+        control = own[0] if own else "ContinuedBC"
+        if control in labels:
             pairs.append((label, control))
     pairs += [(label, model[label]) for label in post if label in NAMED_ROWS and model[label] in labels]
-    pairs += [(a, b) for a in labels if model.get(a) == "ExpRSFT" for b in labels if model.get(b) == "RSFT"]
+    alike = ("loss_type", "reward_scope")
+    pairs += [(a, b) for a in labels if model.get(a) == "ExpRSFT" for b in labels if model.get(b) == "RSFT"
+              and all(settings[a].get(key) == settings[b].get(key) for key in alike)]
     return pairs
 
 

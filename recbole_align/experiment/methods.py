@@ -10,11 +10,12 @@ from dataclasses import dataclass
 class Method:
     """A post-training method of the harness.
 
-    ``grid``: its tuning key beside SHARED_GRID (2 values: 2 x 2 x 2 = 8 trials for every row);
+    ``grid``: its tuning key beside SHARED_GRID (2 values: 2 x 2 x 2 = 8 trials a row);
     ``rows``: (label, settings) of the rows that naming the method runs (default: its own row, no settings);
     ``named_rows``: rows run only when --methods names them by label;
     ``on_policy``: it samples from the policy and scores the samples with the BC reward head;
-    ``refused``: {row label: {grid key: values}} that the row's trainer refuses, left out of its trials."""
+    ``refused``: {row label: {grid key: values}} that the row's trainer refuses (its check_config), left
+    out of its trials."""
 
     grid: dict
     rows: tuple = None

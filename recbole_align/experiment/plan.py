@@ -118,7 +118,8 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
 
 
 def tuning_plan(seed, methods, backbone, bc_epochs, epochs, given=None):
-    """BC of ``seed`` and, for every post-training row, its grid's trials (same number each)."""
+    """BC of ``seed`` and, for every post-training row, its grid's trials (8, fewer only
+    where its trainer refuses a value: methods.grid)."""
     runs = [bc_run(seed, backbone, bc_epochs, given)]
     post = post_settings(backbone, seed, epochs)
     for label, m, settings in method_rows(methods):
