@@ -236,7 +236,7 @@ def test_every_tuning_trial_is_one_its_trainer_accepts_and_only_refused_values_a
 
     for label, (_, model, settings) in all_rows().items():
         trials = grid(label)
-        refused = (METHOD_TABLE[model].refused or {}).get(label, {})
+        refused = METHOD_TABLE[model].refused.get(label, {})
         assert len(trials) == 8 // 2 ** sum(len(values) for values in refused.values()), label
         for trial in trials:  # each builds (the trainers' checks run when the config is built)
             build_config(model, "ml-100k", config_dict={**settings, **trial, "state": "ERROR"})

@@ -3,7 +3,7 @@
 ``benchmarks/throughput.py``. Adding a method to the harness is one entry here."""
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Method:
     rows: tuple = None
     named_rows: tuple = ()
     on_policy: bool = False
-    refused: dict = None
+    refused: dict = field(default_factory=dict)
 
 
 SHARED_GRID = {"learning_rate": (1e-4, 1e-3), "dropout_prob": (0.0, 0.2)}
@@ -67,7 +67,7 @@ def grid(label):
     """The tuning trials of a row: every combination of SHARED_GRID and its method's grid key, but the
     values its trainer refuses (``Method.refused``: those rows get fewer trials, not failed ones)."""
     method = METHOD_TABLE[all_rows()[label][1]]
-    refused = (method.refused or {}).get(label, {})
+    refused = method.refused.get(label, {})
     space = {key: tuple(v for v in values if v not in refused.get(key, ()))
              for key, values in {**SHARED_GRID, **method.grid}.items()}
     return [dict(zip(space, values)) for values in itertools.product(*space.values())]
