@@ -17,8 +17,12 @@ RecBole baselines train with RecBole's own pipeline for at most ``--baseline_epo
 run is a process of ``python -m recbole_align`` whose results JSON (and log) is kept under
 ``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers the run's model,
 dataset, config files and settings (and, through the BC checkpoint's name, BC's): rerunning the
-command skips the runs whose JSON exists and continues an interrupted run from its last epoch, so an
-interrupted benchmark resumes. A failed run is reported and left out of the tables.
+command reuses a run whose JSON exists and records the identity planned for it now (settings after
+every yaml layer, data files, start checkpoint, results version of the code: recbole_align.identity),
+trains it again otherwise, and continues an interrupted run from its last epoch, so an interrupted
+benchmark resumes. Runs recorded before runs recorded their identity are trained again, or reused
+with ``--reuse_older_runs`` and marked in the tables. One invocation at a time uses an output folder
+(a lock). A failed run is reported and left out of the tables.
 
 Writes to ``--output_dir`` (tables and plots through :mod:`recbole_align.report`): ``table.md``
 (Table 3 on the rating-filtered test cases at the final epoch of the budget and at the best
@@ -34,6 +38,9 @@ every run; BC trains to its plateau (``experiment.plan.BC_PLATEAU``), or exactly
 
 import argparse
 import ast
+import contextlib
+import fcntl
+import os
 from pathlib import Path
 from time import time
 
@@ -93,6 +100,30 @@ def parse_budgets(text, baselines):
     return {b: budgets.get(b, default) for b in baselines}
 
 
+@contextlib.contextmanager
+def folder_lock(output_dir):
+    """Hold ``output_dir/.benchmark.lock`` (``flock``, with this process's pid in it) for the block, so that two
+    invocations never train the same runs; the OS releases it when the process ends (no stale lock). While
+    another process holds it: an AlignError at once."""
+    path = Path(output_dir) / ".benchmark.lock"
+    try:
+        lock = open(path, "a+")
+    except OSError as error:
+        raise AlignError(f"cannot write [{path}]: {error.strerror}") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise AlignError(f"--output_dir [{output_dir}] is in use by another benchmark (pid {holder}): wait for it "
+                             f"to end, or give another --output_dir.") from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+
+
 def run_benchmark(args, user_args):
     """Plan, (tune,) run (resuming) and tabulate; returns the table.md text."""
     overrides = command_line_overrides(user_args)  # checked once, up front; passed verbatim to every run
@@ -137,18 +168,21 @@ def run_benchmark(args, user_args):
             raise AlignError("--bc_epochs sets the budget of BC's training; with --pretrained_checkpoint none is trained.")
         given = given_bc(args.pretrained_checkpoint, [*methods, *(["ExpRSFT"] if lambdas else [])])
 
-    start, tuning, chosen = time(), None, None
-    if args.tune:
-        trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs, given)
-        execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, "tuning ", args.jobs)
-        chosen = tuning_choice(trials)
-        tuning = (trials, chosen)
-    runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen,
-                given, noise_levels)
-    execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args, jobs=args.jobs)  # tuning's: reused
-    labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
-    return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning,
-                         noise_levels)
+    with folder_lock(output_dir):  # held while this invocation runs and writes its outputs
+        start, tuning, chosen = time(), None, None
+        if args.tune:
+            trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs, given)
+            execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, "tuning ", args.jobs,
+                        args.reuse_older_runs)
+            chosen = tuning_choice(trials)
+            tuning = (trials, chosen)
+        runs = plan(seeds, methods, baselines, lambdas, args.backbone, args.bc_epochs, args.epochs, baseline_epochs, chosen,
+                    given, noise_levels)
+        execute_all(runs, baselines, args.dataset, output_dir, config_files, user_args, jobs=args.jobs,
+                    reuse_older=args.reuse_older_runs)  # tuning's: reused
+        labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
+        return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning,
+                             noise_levels)
 
 
 @exit_on_error
@@ -174,6 +208,10 @@ def main(argv=None):
                              "trained on ratings + N(0, σ²) (reward_noise_std)")
     parser.add_argument("--pretrained_checkpoint", default=None,
                         help="a BC checkpoint every method starts from, instead of training BC per seed")
+    parser.add_argument("--reuse_older_runs", action="store_true",
+                        help="reuse finished runs recorded before runs recorded their identity (settings, package defaults "
+                             "and code unchecked; their data and start checkpoint checked where recorded), marked in the "
+                             "tables; without it they are trained again")
     parser.add_argument("--trace", action="store_true",
                         help="add every post-training run's per-epoch table (valid metric and trainer statistics)")
     parser.add_argument("--config_files", default=None, help="space-separated yaml files for every run")

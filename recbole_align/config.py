@@ -168,18 +168,11 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
     user_files = list(config_file_list or [])
     for f in user_files:
         read_property_file(f)
-
-    def layers(model_files):
-        dataset_file = PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"
-        defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, dataset_file]
-        return [str(f) for f in defaults if f is not None and f.exists()] + user_files
-
+    backbone = None
     if spec.on_backbone:  # the backbone's class and yaml, then the method's yaml over them
-        backbone = backbone_spec(configured_value("backbone", layers([spec.config_file]), config_dict))
-        spec = replace(spec, model_class=backbone.model_class)
-        files = layers([backbone.config_file, spec.config_file])
-    else:
-        files = layers([spec.config_file])
+        backbone = configured_value("backbone", layer_files(model, dataset) + user_files, config_dict)
+        spec = replace(spec, model_class=backbone_spec(backbone).model_class)
+    files = layer_files(model, dataset, backbone) + user_files
     config_dict = {**(config_dict or {}), **device_choice(files, config_dict)}
     check_values(config_dict)  # before RecBole reads them (it fails on some, e.g. metrics [1, 2], without naming the key)
     try:
@@ -199,6 +192,15 @@ def build_config(model, dataset, config_file_list=None, config_dict=None):
         )
     config["model"] = model
     return config, spec
+
+
+def layer_files(model, dataset, backbone=None):
+    """recbole-align's yaml defaults for ``model`` on ``dataset`` that exist, lowest priority first: overall,
+    the ``backbone``'s (for BC and the post-training methods, when given), the model's, the dataset's."""
+    spec = resolve_model(model)
+    model_files = [backbone_spec(backbone).config_file] if spec.on_backbone and backbone else []
+    defaults = [PROPERTIES_DIR / "overall.yaml", *model_files, spec.config_file, PROPERTIES_DIR / "dataset" / f"{dataset}.yaml"]
+    return [str(f) for f in defaults if f is not None and f.exists()]
 
 
 def read_property_file(path):

@@ -27,6 +27,7 @@ from recbole_align.errors import AlignError
 from recbole_align.memory import catalogue_rows
 from recbole_align.pretrained import architecture_of, check_start, load_pretrained, read_pretrained
 from recbole_align.report import markdown_table, write_table
+from recbole_align.safe_write import write_text
 from recbole_align.trainer.on_policy import history_items, log_policy, sample_items
 
 PREDICTORS = ("User Mean", "Item Mean", "Global Mean", "Trained RM")
@@ -164,7 +165,7 @@ def run_diagnostics(dataset, pretrained_checkpoint, checkpoints=(), output_dir="
         f"judged by the reward head of {pretrained_checkpoint}):\n\n"
         f"{markdown_table(['Policy', 'Avg Reward'], scored)}\n"
     )
-    (output_dir / "diagnostics.md").write_text(markdown)
+    write_text(output_dir / "diagnostics.md", markdown)
     return {"reward_model": errors, "avg_reward": scores, "n_test": n_test, "markdown": markdown}
 
 

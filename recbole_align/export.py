@@ -10,7 +10,6 @@ elsewhere can run code. An exported folder holds ``model.safetensors`` and ``con
 """
 
 import argparse
-import json
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -18,6 +17,7 @@ from safetensors.torch import save_file
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.errors import AlignError
 from recbole_align.pretrained import CONFIG, WEIGHTS, plain_config, read_pretrained
+from recbole_align.safe_write import write_json, written_atomically
 
 
 def export(checkpoint, output):
@@ -26,9 +26,9 @@ def export(checkpoint, output):
     config = checkpoint["config"]
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.contiguous() for name, tensor in checkpoint["state_dict"].items()}, folder / WEIGHTS)
-    (folder / CONFIG).write_text(json.dumps(
-        {"model": config["model"], "dataset": config["dataset"], "config": plain_config(config)}, indent=2))
+    with written_atomically(folder / WEIGHTS) as weights:
+        save_file({name: tensor.contiguous() for name, tensor in checkpoint["state_dict"].items()}, weights)
+    write_json(folder / CONFIG, {"model": config["model"], "dataset": config["dataset"], "config": plain_config(config)})
     return folder
 
 

@@ -31,6 +31,7 @@ from recbole_align.errors import AlignError
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import build_config, read_property_file
 from recbole_align.quick_start import run_bc_stage, run_recbole_align
+from recbole_align.safe_write import write_json, write_text
 from recbole_align.stages import plan_run
 
 
@@ -91,7 +92,7 @@ def run_search(tuner, output_file):
         "best_results_file": best["results_file"],
         "trials": [{"params": params, **result} for params, result in tuner.params2result.items()],
     }
-    Path(output_file).write_text(json.dumps(summary, indent=2))
+    write_json(output_file, summary)
     return summary
 
 
@@ -115,7 +116,7 @@ def main(argv=None):
         raise AlignError(f"params_file [{args.params_file}] does not exist.")
     output_file.parent.mkdir(parents=True, exist_ok=True)
     fixed_file = output_file.with_suffix(".fixed.yaml")
-    fixed_file.write_text(yaml.safe_dump({"model": args.model, "dataset": args.dataset, **overrides}))
+    write_text(fixed_file, yaml.safe_dump({"model": args.model, "dataset": args.dataset, **overrides}))
     os.environ.setdefault("HYPEROPT_FMIN_SEED", str(config["seed"]))  # reproducible random/bayes draws
     try:
         tuner = HyperTuning(

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from recbole_align.compat import load_checkpoint
 from recbole_align.config import build_config, spec_of
-from recbole_align.data.fingerprint import input_changes
 from recbole_align.errors import AlignError
+from recbole_align.identity import identity_changes, run_identity
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"  # an exported model's folder (recbole_align.export)
 
@@ -90,10 +90,6 @@ def resumed_settings(config):
             f"to the checkpoint."
         )
     saved_config, best = state["config"], state["resume"]["best_checkpoint"]
-    changes = resume_changes(state)
-    if changes:
-        raise AlignError(f"resume [{path}] was trained on other inputs ({'; '.join(changes)}): run without --resume "
-                         f"to train afresh on the data as it is now.")
     ran, runs = (saved_config["model"], saved_config["dataset"]), (config["model"], config["dataset"])
     if ran != runs:
         raise AlignError(f"resume [{path}] is a run of [{ran[0]}] on [{ran[1]}], not of [{runs[0]}] on [{runs[1]}].")
@@ -107,22 +103,35 @@ def resumed_settings(config):
     return {} if config["pretrained_checkpoint"] else {"pretrained_checkpoint": saved_config["pretrained_checkpoint"]}
 
 
-def resume_changes(state):
-    """What changed since the last-epoch ``state`` (of a ``.last.pth``) was saved: its data files or the
-    recbole-align version (data.input_changes); none when it has no record of them (saved by an earlier version)."""
-    recorded = state["resume"].get("inputs")
-    return input_changes(recorded) if recorded else []
+def resume_changes(state, config, cwd="."):
+    """How the run of the last-epoch ``state`` (of a ``.last.pth``) differs from the run of ``config``
+    (identity.identity_changes: settings, data, start checkpoint, code; a state without an identity, saved
+    by an earlier version, is another run); none when ``config`` continues it."""
+    return identity_changes(state["resume"].get("identity"), run_identity(config, cwd))
 
 
-def stale_last_state(path):
-    """Why the last-epoch state at ``path`` (a ``.last.pth``) cannot continue its run: its inputs changed
-    since it was saved (resume_changes), or it cannot be read (e.g. cut short by a crash while saved);
-    [] when it can."""
+def check_resumed(config):
+    """Refuse to resume the planned run of ``config`` from its ``resume`` state when they are not the same
+    run (:func:`resume_changes`), but for a larger ``epochs``: the run trains on, as if it had been given
+    that budget from the start."""
+    state = read_pretrained(config["resume"], "resume")
+    recorded = state["resume"].get("identity")
+    if recorded is not None and config["epochs"] >= recorded["settings"].get("epochs", config["epochs"]):
+        state["resume"]["identity"] = {**recorded, "settings": {**recorded["settings"], "epochs": config["epochs"]}}
+    changes = resume_changes(state, config)
+    if changes:
+        raise AlignError(f"resume [{config['resume']}] is another run ({'; '.join(changes)}): run without --resume "
+                         f"to train afresh as the run is set now.")
+
+
+def stale_last_state(path, config, cwd="."):
+    """Why the last-epoch state at ``path`` (a ``.last.pth``) cannot continue the run of ``config``: it is
+    another run (resume_changes), or it cannot be read (e.g. cut short by a crash while saved); [] when it can."""
     try:
         state = read_pretrained(path, "resume")
     except AlignError as error:
         return [f"it cannot be read ({error})"]
-    return resume_changes(state) if "resume" in state else ["it holds no training state"]
+    return resume_changes(state, config, cwd) if "resume" in state else ["it holds no training state"]
 
 
 def check_start(saved_config, path, config):

@@ -16,12 +16,14 @@ from recbole.utils import init_seed, set_color
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.compat import deterministic_cuda, init_logger, join_process_group
 from recbole_align.config import json_safe, spec_of
-from recbole_align.data import check_splits, length_grouped, load_dataset, run_inputs, split_loaders
+from recbole_align.data import check_splits, length_grouped, load_dataset, split_loaders
 from recbole_align.diagnostics import avg_reward, checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.evaluator import rating_filtered_loader
+from recbole_align.identity import run_identity
 from recbole_align.model.policy import NextItemPolicy
 from recbole_align.pretrained import load_pretrained, read_pretrained
+from recbole_align.safe_write import opened_atomically, write_json
 from recbole_align.stages import multi_process, plan_run
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -82,7 +84,7 @@ def train_and_evaluate(config, spec, saved=True):
     logger = getLogger()
     pretrained = read_pretrained(config["pretrained_checkpoint"]) if spec.post_training else None
     data = load_dataset(config, spec.model_class)
-    inputs = run_inputs(config)
+    identity = run_identity(config)
     logger.info(data)
     train_data, valid_data, test_data = split_loaders(config, data)
     check_splits(config, train_data, valid_data, test_data)
@@ -99,6 +101,7 @@ def train_and_evaluate(config, spec, saved=True):
     recommender = recommender.to(config["device"])
     logger.info(recommender)
     trainer = spec.trainer_class(config, recommender)
+    trainer.identity = identity
     if config["resume"]:
         trainer.resume_checkpoint(config["resume"])
     if config["epoch_test_metrics"]:
@@ -121,7 +124,7 @@ def train_and_evaluate(config, spec, saved=True):
         "model": config["model"],
         "dataset": config["dataset"],
         "seed": config["seed"],
-        "inputs": inputs,
+        "identity": identity,
         **metrics,
         **counts,
         "checkpoint": trainer.saved_model_file if saved else None,
@@ -147,7 +150,7 @@ def train_and_evaluate(config, spec, saved=True):
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results["cases_file"] = str(cases_file_of(results_file))
     write_cases(results["cases_file"], final, best, results)
-    results_file.write_text(json.dumps(results, indent=2))
+    write_json(results_file, results)
     results["results_file"] = str(results_file)
     logger.info(set_color("results written to", "blue") + f": {results_file}")
     return results
@@ -191,9 +194,11 @@ def write_cases(path, final, best, results):
         arrays[f"{split}_rank_final"] = final[split].rank
     epochs = [entry["epoch"] for entry in results["epoch_log"]]
     best_epoch = results["best_epoch"]
-    np.savez_compressed(
-        path, **arrays, best_epoch=-1 if best_epoch is None else best_epoch, final_epoch=epochs[-1] if epochs else -1
-    )
+    with opened_atomically(path) as file:
+        np.savez_compressed(
+            file, **arrays, best_epoch=-1 if best_epoch is None else best_epoch,
+            final_epoch=epochs[-1] if epochs else -1,
+        )
 
 
 def run_processes(config, saved=True):

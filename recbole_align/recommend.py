@@ -27,6 +27,7 @@ from recbole_align.diagnostics import checkpoint_model
 from recbole_align.errors import AlignError
 from recbole_align.memory import catalogue_rows, row_chunks
 from recbole_align.pretrained import config_on_this_machine, read_pretrained
+from recbole_align.report import write_csv
 
 
 def item_features(config):
@@ -110,7 +111,7 @@ def main(argv=None):
         print(f"user {user}:\n{rows.drop(columns='user_id').to_string(index=False)}\n")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.output, index=False)
+        write_csv(args.output, frame)
         print(f"wrote {args.output}")
 
 

@@ -1,9 +1,13 @@
 """Tables, CSV files and plots of the experiment harness (:mod:`recbole_align.benchmark`) and the
 diagnostics: markdown through pandas' ``to_markdown``, CSV through ``to_csv``, plots through
-matplotlib (drawn to files only)."""
+matplotlib (drawn to files only); every file written atomically (:mod:`recbole_align.safe_write`)."""
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from recbole_align.safe_write import written_atomically
 
 COLUMNS = (("NDCG@10", "ndcg@10"), ("NDCG@50", "ndcg@50"), ("HR@10", "hit@10"), ("HR@50", "hit@50"), ("MRR", "mrr"))
 COST_KEYS = ("seconds_per_epoch", "epochs_run", "train_seconds", "peak_memory_mb")
@@ -21,12 +25,18 @@ def markdown_table(header, rows):
 
 def write_table(path, header, rows):
     """``rows`` as a CSV file with ``header``."""
-    pd.DataFrame(rows, columns=list(header)).to_csv(path, index=False)
+    write_csv(path, pd.DataFrame(rows, columns=list(header)))
 
 
 def write_records(path, records):
     """Dicts as a CSV file; columns in first-seen order, blank where a record has no value."""
-    pd.DataFrame.from_records(records).to_csv(path, index=False)
+    write_csv(path, pd.DataFrame.from_records(records))
+
+
+def write_csv(path, frame):
+    """``frame`` as the CSV file ``path`` (no index), atomically."""
+    with written_atomically(path) as temporary:
+        frame.to_csv(temporary, index=False)
 
 
 def format_table(rows, columns, base="BC", bold_best=True, first="Method"):
@@ -110,6 +120,13 @@ def pyplot():
     return plt
 
 
+def save_figure(plt, fig, path):
+    """``fig`` as the image file ``path`` (its format from the suffix), atomically; then closed."""
+    with written_atomically(path) as temporary:
+        fig.savefig(temporary, dpi=120, format=Path(path).suffix[1:])
+    plt.close(fig)
+
+
 def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_of_bc=False):
     """NDCG@10 on the rating-filtered valid (left) and test (right) cases after every epoch of each of
     ``labels`` (mean over seeds): the paper's Figure 2 for the post-training methods, with BC's best
@@ -138,8 +155,7 @@ def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_o
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def draw_curves(ax, curves, baseline=None):
@@ -171,8 +187,7 @@ def plot_against_lambda(curves, path, title, baseline=None):
     draw_against_lambda(ax, curves, baseline)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def plot_noise_sweep(curves, against_noise, path, title, baseline=None):
@@ -188,5 +203,4 @@ def plot_noise_sweep(curves, against_noise, path, title, baseline=None):
     right.set_title("every method against the noise")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)

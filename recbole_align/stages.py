@@ -9,57 +9,19 @@ multi-process run's checkpoint name and world size. Nothing edits a planned conf
 process of a multi-process run joins its group as RecBole's ``Config`` does, in ``compat``).
 """
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from recbole.utils import get_local_time
 
-from recbole_align.config import backbone_spec, build_config, json_safe, yaml_keys
-from recbole_align.data import stale_inputs
-from recbole_align.pretrained import architecture_of, check_start, read_pretrained, resumed_settings, stale_last_state
+from recbole_align.config import build_config
+from recbole_align.identity import identity_changes, run_identity, settings_digest
+from recbole_align.pretrained import (
+    architecture_of, check_resumed, check_start, read_pretrained, resumed_settings, stale_last_state,
+)
 from recbole_align.registry import AlignModel
 from recbole_align.trainer.align_trainer import last_state_file
-
-# What a BC stage learns from, besides its data files and the package version (data.fingerprint): the
-# keys of its reuse key. Every key a BC Config holds is in this list or in BC_RUN_KEYS
-# (tests/test_stages.py checks it), so that a new key cannot be forgotten.
-BC_TRAINING_KEYS = (
-    # data: which interactions, fields and split
-    "dataset", "data_path", "load_col", "unload_col", "unused_col", "additional_feat_suffix", "rm_dup_inter",
-    "val_interval", "filter_inter_by_user_or_item", "user_inter_num_interval", "item_inter_num_interval",
-    "alias_of_user_id", "alias_of_item_id", "alias_of_entity_id", "alias_of_relation_id", "preload_weight",
-    "normalize_field", "normalize_all", "discretization", "threshold", "field_separator", "seq_separator",
-    "USER_ID_FIELD", "ITEM_ID_FIELD", "RATING_FIELD", "TIME_FIELD", "LABEL_FIELD", "NEG_PREFIX",
-    "HEAD_ENTITY_ID_FIELD", "TAIL_ENTITY_ID_FIELD", "RELATION_ID_FIELD", "ENTITY_ID_FIELD", "seq_len",
-    "benchmark_filename", "MAX_ITEM_LIST_LENGTH", "ITEM_LIST_LENGTH_FIELD", "LIST_SUFFIX", "POSITION_FIELD",
-    "eval_args", "repeatable", "kg_reverse_r", "entity_kg_num_interval", "relation_kg_num_interval",
-    "numerical_features", "transform",
-    # model
-    "model", "backbone", "embedding_size", "hidden_size", "inner_size", "n_layers", "n_heads", "attention_dim",
-    "linear_dim", "dropout_prob", "attn_dropout_prob", "hidden_dropout_prob", "hidden_act", "layer_norm_eps",
-    "initializer_range", "loss_type", "num_layers", "temperature", "num_negatives", "num_buckets", "negative_sharing",
-    "reward_head", "reward_loss_weight", "reward_noise_std",
-    # training
-    "seed", "reproducibility", "epochs", "train_batch_size", "learner", "learning_rate", "weight_decay",
-    "optimizer_betas", "clip_grad_norm", "train_neg_sample_args", "stopping_step", "eval_step", "valid_metric",
-    "valid_metric_bigger", "valid_cases", "eval_rating_threshold", "metrics", "topk", "mixed_precision",
-    "length_grouped_batches", "length_group_size", "enable_scaler", "require_pow", "shuffle",
-)
-
-# Keys that do not change what a BC stage learns: where it runs and writes, how much it logs, how its
-# evaluation is batched and what it measures beside training.
-BC_RUN_KEYS = (
-    "gpu_id", "use_gpu", "device", "state", "checkpoint_dir", "show_progress", "save_dataset",
-    "dataset_save_path", "save_dataloaders", "dataloaders_save_path", "log_wandb", "wandb_project",
-    "eval_batch_size", "worker", "results_file", "checkpoint_file", "pretrained_checkpoint", "resume", "nproc",
-    "world_size", "ip", "port", "offset", "dist_backend", "catalogue_chunk_mb", "single_spec", "local_rank",
-    "epoch_test_metrics", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type",
-    "valid_neg_sample_args", "test_neg_sample_args", "enable_amp", "metric_decimal_place",
-    "avg_reward_generations", "avg_reward_contexts", "loss_decimal_place",
-)
-
 
 @dataclass(frozen=True)
 class Stage:
@@ -111,31 +73,39 @@ def plan_run(model, dataset, config_file_list=None, config_dict=None):
     settled.update(process_settings(config))
     if settled:
         config, spec = build_config(model, dataset, files, {**given, **settled})
+    if config["resume"]:
+        check_resumed(config)
     return Plan((*stages, Stage(config, spec, tuple(notes))))
 
 
 def plan_bc_stage(config, spec, files, given):
     """(the BC stage, or None when a fresh checkpoint is reused; its checkpoint path; a log line) of the
     post-training run of ``config`` (``spec``): BC of the backbone on the same data and config, with a reward head if
-    the method's trainer ``requires_reward_head``, saved as ``<checkpoint_dir>/<backbone>-<dataset>-bc-<key>.pth``
-    (:func:`bc_key`), reused while its data files and the package version are unchanged; an interrupted
-    BC stage resumes from its last validated epoch, unless those inputs changed since."""
+    the method's trainer ``requires_reward_head`` (without one it reads no rating, so ``reward_noise_std`` is 0),
+    saved as ``<checkpoint_dir>/<backbone>-<dataset>-bc-<key>.pth`` (``<key>``: identity.settings_digest), reused while its
+    identity (recbole_align.identity) is the one planned; an interrupted BC stage resumes from its last
+    validated epoch, unless it was another run."""
     backbone, dataset = config["backbone"], config["dataset"]
     bc_dict = {**given, "pretrained_checkpoint": None, "results_file": None, "resume": None}
     if getattr(spec.trainer_class, "requires_reward_head", False):
         bc_dict["reward_head"] = True
     bc_config, _ = build_config("BC", dataset, files, bc_dict)
-    path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{bc_key(bc_config)}.pth"
+    if not bc_config["reward_head"] and bc_config["reward_noise_std"]:
+        bc_dict["reward_noise_std"] = 0.0
+        bc_config, _ = build_config("BC", dataset, files, bc_dict)
+    path = Path(bc_config["checkpoint_dir"]) / f"{backbone}-{dataset}-bc-{settings_digest(bc_config)}.pth"
     notes = []
     if path.is_file():
-        changes = stale_inputs(path.with_suffix(".json"))
+        results_file = path.with_suffix(".json")
+        recorded = json.loads(results_file.read_text()).get("identity") if results_file.is_file() else None
+        changes = identity_changes(recorded, run_identity(bc_config))
         if not changes:
             return None, path, f"BC stage: reusing {path}"
         notes.append(f"BC stage: not reusing {path}: {'; '.join(changes)}")
     partial = path.with_suffix(".partial.pth")
     last = Path(last_state_file(partial))
     resume = last.is_file()
-    if resume and (changes := stale_last_state(last)):
+    if resume and (changes := stale_last_state(last, bc_config)):
         notes.append(f"BC stage: not resuming {last}: {'; '.join(changes)}")
         resume = False
     bc_dict.update(process_settings(bc_config))
@@ -146,20 +116,6 @@ def plan_bc_stage(config, spec, files, given):
         resumed_settings(bc_config)  # checked as a resumed run's
     notes.append(f"BC stage: training {backbone} by behaviour cloning -> {path}")
     return Stage(bc_config, bc_spec, tuple(notes), path), path, f"{config['model']} stage: post-training from {path}"
-
-
-def bc_key(bc_config):
-    """12 hex digits of what ``bc_config`` learns from: its BC_TRAINING_KEYS, and the keys its backbone
-    declares (``architecture_keys`` and its yaml's, e.g. those of a model registered by a user).
-    ``reward_noise_std`` is one of them only when the BC trains a reward head (the one part of BC that
-    reads the noisy training ratings) and is not 0 (so the keys of runs without noise are those of before
-    the key existed)."""
-    backbone = backbone_spec(bc_config["backbone"])
-    keys = {*BC_TRAINING_KEYS, *getattr(backbone.model_class, "architecture_keys", ()), *yaml_keys(backbone.config_file)}
-    if not (bc_config["reward_head"] and bc_config["reward_noise_std"]):
-        keys.discard("reward_noise_std")
-    values = {k: v for k, v in json_safe(bc_config.final_config_dict).items() if k in keys}
-    return hashlib.sha1(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def process_settings(config):

@@ -352,7 +352,7 @@ def test_parallel_jobs_run_every_bc_before_the_methods_that_start_from_it(monkey
 
     started, lock = [], __import__("threading").Lock()
 
-    def fake_execute(run, dataset, output_dir, config_files, user_args):
+    def fake_execute(run, dataset, output_dir, config_files, user_args, reuse_older=False):
         with lock:
             started.append((run.label, run.seed, run.settings.get("pretrained_checkpoint")))
         time.sleep(0.01)

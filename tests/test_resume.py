@@ -10,9 +10,10 @@ import time
 import pytest
 from conftest import REPO, tiny
 
+from recbole_align import results_version
 from recbole_align.compat import load_checkpoint
 from recbole_align.errors import AlignError
-from recbole_align.config import command_line_overrides
+from recbole_align.config import build_config, command_line_overrides
 from recbole_align.pretrained import resume_changes
 from recbole_align.stages import plan_run
 from recbole_align.trainer.align_trainer import last_state_file
@@ -125,20 +126,28 @@ def test_resume_errors(ml100k_slice, bc_run, model, resume, overrides, message):
 
 
 def test_a_resume_on_changed_data_is_refused_and_a_bc_stage_starts_afresh(ml100k_slice, tmp_path):
-    """The last state records the data files it learned from: after the .inter file is edited, --resume is
+    """The last state records the run's identity: after the code changes or the .inter file is edited, --resume is
     refused in one line, and the plan of a BC stage interrupted on the old data (or whose state is cut
     short) trains it afresh."""
     data_path = tmp_path / "data"
     shutil.copytree(ml100k_slice, data_path)
     run("HSTU", data_path, tmp_path, "cut", "--epochs=1")
     last = tmp_path / "cut.last.pth"
-    assert resume_changes(load_checkpoint(last)) == []
+    config = build_config("HSTU", "ml-100k-slice", config_dict=command_line_overrides(
+        tiny(f"--data_path={data_path}", "--epochs=1", f"--checkpoint_file={tmp_path / 'cut.pth'}")))[0]
+    assert resume_changes(load_checkpoint(last), config) == []
+    with pytest.MonkeyPatch.context() as patch:  # code changed, not yet declared: another run
+        patch.setattr(results_version, "SOURCE_DIGEST", "declared-for-other-code")
+        with pytest.raises(AlignError, match=rf"is another run \(code v{results_version.RESULTS_VERSION} -> "):
+            run("HSTU", data_path, tmp_path, "cut", "--epochs=1", f"--resume={last}")
+    longer = run("HSTU", data_path, tmp_path, "cut", "--epochs=2", f"--resume={last}")  # a larger budget trains on
+    assert longer["epochs_run"] == 2 and longer["identity"]["settings"]["epochs"] == 2
     inter = data_path / "ml-100k-slice" / "ml-100k-slice.inter"
     lines = inter.read_text().splitlines()
     inter.write_text("\n".join(lines[:-40]) + "\n")  # the user removes some ratings
     with pytest.raises(AlignError) as error:
         run("HSTU", data_path, tmp_path, "cut", "--epochs=2", f"--resume={last}")
-    assert f"resume [{last}] was trained on other inputs (ml-100k-slice.inter (" in str(error.value)
+    assert f"resume [{last}] is another run (ml-100k-slice.inter " in str(error.value)
     assert "run without --resume" in str(error.value)
 
     # a BC stage's partial state, as an interrupted post-training command leaves it, then the data edited again

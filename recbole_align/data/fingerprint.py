@@ -1,6 +1,6 @@
-"""What a trained model was learned from, recorded in its results JSON (and its last-epoch state) and
-checked before it is reused or resumed: the atomic files of its dataset (size and content hash), the
-checkpoint it started from, and the recbole-align version."""
+"""Fingerprints of the files a run learns from (its dataset's atomic files, the checkpoint it starts
+from), for its identity (recbole_align.identity); and the check of the ``inputs`` that results JSONs
+recorded before runs recorded their identity (2026-12-05 to 2026-12-06), for ``--reuse_older_runs``."""
 
 import hashlib
 import json
@@ -38,22 +38,10 @@ def path_fingerprint(path):
     return f"folder:{hashlib.sha1(files.encode()).hexdigest()[:16]}"
 
 
-def run_inputs(config):
-    """{"data": {atomic file: fingerprint}, "recbole_align": version} of a run's ``config``: every atomic
-    file of ``<data_path>/<dataset>/`` named ``<dataset>.*`` (benchmark splits included); a run that starts
-    from ``pretrained_checkpoint`` adds {"pretrained_checkpoint": {its path: fingerprint}}."""
-    folder = Path(config["data_path"])
-    files = sorted(p for p in folder.glob(f"{config['dataset']}.*") if p.suffix in ATOMIC_SUFFIXES)
-    inputs = {"data": {str(p.resolve()): file_fingerprint(p) for p in files}, "recbole_align": package_version()}
-    if config["pretrained_checkpoint"]:
-        start = Path(config["pretrained_checkpoint"]).resolve()
-        inputs["pretrained_checkpoint"] = {str(start): path_fingerprint(start)}
-    return inputs
-
-
 def input_changes(recorded):
-    """What changed since ``recorded`` (a results JSON's ``inputs``) was written: one phrase per changed
-    file or version, none if nothing did."""
+    """What changed since ``recorded`` (an older results JSON's ``inputs``: {"data": {path: fingerprint},
+    "recbole_align": version, "pretrained_checkpoint": {path: fingerprint}}) was written: one phrase per
+    changed file or version, none if nothing did."""
     files = {**recorded["data"], **recorded.get("pretrained_checkpoint", {})}
     changes = [f"{Path(path).name} ({was} -> {now})" for path, was in files.items() if (now := path_fingerprint(path)) != was]
     if recorded["recbole_align"] != package_version():

@@ -100,10 +100,12 @@ def result_row(results):
 
 
 def run_record(run):
-    """One row of runs.csv: the run's label, model, seed, settings of the benchmark and result_row."""
+    """One row of runs.csv: the run's label, model, seed, settings of the benchmark, result_row and
+    ``record``: "older" for a run reused although recorded before runs recorded their identity, else "identity"."""
     settings = {key: value for key, value in run.settings.items() if key not in ("seed", "checkpoint_file", "pretrained_checkpoint")}
     return {"run": run.label, "model": run.model, "seed": run.seed, **settings, **result_row(run.results),
-            "results_file": str(run.results_file), "checkpoint": run.results["checkpoint"]}
+            "results_file": str(run.results_file), "checkpoint": run.results["checkpoint"],
+            "record": "older" if run.older else "identity"}
 
 
 def table3(runs, split, view, labels):

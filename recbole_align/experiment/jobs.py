@@ -1,6 +1,6 @@
-"""Execution: each run a process of ``python -m recbole_align`` whose results JSON names it by a hash of
-what decides its results, reused when it exists (and its data files are unchanged), resumed from its
-last epoch when interrupted, ``jobs`` at a time."""
+"""Execution: each run a process of ``python -m recbole_align`` whose results JSON is named by a hash of
+the command's settings for it, reused when its recorded identity is the one planned here
+(recbole_align.identity), resumed from its last epoch when interrupted, ``jobs`` at a time."""
 
 import hashlib
 import json
@@ -14,9 +14,13 @@ from time import time
 
 import numpy as np
 
+from recbole_align.config import command_line_overrides
 from recbole_align.data import stale_inputs
+from recbole_align.errors import AlignError
 from recbole_align.experiment.plan import bc_checkpoint_of, kind
+from recbole_align.identity import identity_changes, run_identity
 from recbole_align.pretrained import stale_last_state
+from recbole_align.stages import plan_run
 from recbole_align.report import COST_KEYS
 from recbole_align.trainer.align_trainer import last_state_file
 
@@ -31,26 +35,54 @@ def run_hash(run, dataset, config_files, user_args):
     return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def execute(run, dataset, output_dir, config_files, user_args):
-    """Run ``run`` in its own process (or reuse its results JSON); returns the seconds it took (0 if reused)."""
+def planned_config(run, dataset, output_dir, config_files, user_args):
+    """The Config of ``run`` as its process will plan it (its ``--key=value`` arguments typed the same way)."""
+    overrides = command_line_overrides([*setting_args(run), *user_args])
+    return plan_run(run.model, dataset, [str(f) for f in config_files], overrides).run.config
+
+
+def setting_args(run):
+    """``run``'s settings as the ``--key=value`` arguments of its process."""
+    return [f"--{key}={value}" for key, value in run.settings.items()]
+
+
+def reuse_changes(run, results_file, identity, reuse_older):
+    """Why the finished run of ``results_file`` is not ``run`` with ``identity`` (identity.identity_changes);
+    none if it is. A run recorded before runs recorded their identity is another run, unless
+    ``reuse_older``: then it is reused while the data files and start checkpoint it recorded (if any) are
+    unchanged, and marked ``run.older``."""
+    recorded = run.results.get("identity")
+    if recorded is not None or not reuse_older:
+        return identity_changes(recorded, identity)
+    run.older = True
+    return stale_inputs(results_file) if "inputs" in run.results else []
+
+
+def execute(run, dataset, output_dir, config_files, user_args, reuse_older=False):
+    """Run ``run`` in its own process, or reuse its results JSON when it is the run planned (:func:`reuse_changes`);
+    returns the seconds it took (0 if reused)."""
     name = run.label.replace(" λ=", "-lambda").replace(" ", "-")
     stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
     run.results_file = results_file
     last_state = Path(last_state_file(run.settings["checkpoint_file"]))  # an interrupted run goes on from there
+    try:
+        config = planned_config(run, dataset, output_dir, config_files, user_args)
+    except AlignError as error:
+        run.error = str(error)
+        return 0.0
+    identity = run_identity(config, cwd=output_dir)
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())
-        if "inputs" not in run.results:  # written before runs recorded their inputs (2026-12-05): kept as it is
-            return 0.0
-        changes = stale_inputs(results_file)
+        changes = reuse_changes(run, results_file, identity, reuse_older)
         if not changes:
             return 0.0
         print(f"{run.label} seed {run.seed}: running again, {'; '.join(changes)}", flush=True)
-        run.results = None
+        run.results, run.older = None, False
         results_file.unlink()
-        last_state.unlink(missing_ok=True)  # its last state is the old data's finished training
-    if last_state.is_file() and (changes := stale_last_state(last_state)):
+        last_state.unlink(missing_ok=True)  # its last state is the old run's finished training
+    if last_state.is_file() and (changes := stale_last_state(last_state, config, cwd=output_dir)):
         print(f"{run.label} seed {run.seed}: not resuming {last_state.name}, {'; '.join(changes)}", flush=True)
         last_state.unlink()
     run.resumed = last_state.is_file()
@@ -58,7 +90,7 @@ def execute(run, dataset, output_dir, config_files, user_args):
     command = [
         sys.executable, "-m", "recbole_align", f"--model={run.model}", f"--dataset={dataset}",
         *([f"--config_files={' '.join(str(f) for f in config_files)}"] if config_files else []),
-        *(f"--{key}={value}" for key, value in run.settings.items()), *user_args,
+        *setting_args(run), *user_args,
         f"--results_file={results_file}", *([f"--resume={last_state}"] if run.resumed else []),
         *([] if any(arg.startswith("--show_progress=") for arg in user_args) else ["--show_progress=False"]),
     ]
@@ -90,9 +122,9 @@ def remaining_seconds(runs, spent):
     return sum(np.mean(spent.get(run.label) or spent.get(kind(run), overall)) for run in runs)
 
 
-def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage="", jobs=1):
+def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, stage="", jobs=1, reuse_older=False):
     """Run ``runs``, ``jobs`` processes at a time: the BC runs and the baselines first, then every
-    post-training run from its seed's BC; printing progress."""
+    post-training run from its seed's BC; printing progress. ``reuse_older``: see :func:`reuse_changes`."""
     start, spent, done, lock = time(), {}, [0], threading.Lock()
 
     def one(run):
@@ -105,7 +137,7 @@ def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, s
                     print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: skipped, {run.error}", flush=True)
                 return
             run.settings["pretrained_checkpoint"] = bc_checkpoint_of(bc.results)
-        seconds = execute(run, dataset, output_dir, config_files, user_args)
+        seconds = execute(run, dataset, output_dir, config_files, user_args, reuse_older)
         if run.label == "BC" and run.model != "BC" and run.results is not None:
             run.results.update(training_costs(run.results["pretrained_checkpoint"]))
         with lock:
@@ -116,7 +148,7 @@ def execute_all(runs, baselines, dataset, output_dir, config_files, user_args, s
             left = remaining_seconds([r for r in runs if r.results is None and r.error is None], spent) / jobs
             status = (f"failed: {run.error}" if run.error else
                       f"test_filtered ndcg@10 {run.results['test_filtered']['ndcg@10']:.4f}"
-                      + (" (reused)" if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
+                      + ((" (reused, older)" if run.older else " (reused)") if not seconds else f" in {seconds:.0f} s" + (" (resumed)" if run.resumed else "")))
             print(f"{stage}[{done[0]}/{len(runs)}] {run.label} seed {run.seed}: {status}; elapsed {time() - start:.0f} s, "
                   f"~{left:.0f} s left", flush=True)
 

@@ -23,6 +23,7 @@ class Run:
     results: dict = field(default=None)
     error: str = None
     resumed: bool = False  # continued from the last validated epoch of an interrupted invocation
+    older: bool = False  # reused although recorded before runs recorded their identity (--reuse_older_runs)
     results_file: Path = None
     sweep_lambda: float = None
     noise_std: float = 0.0

@@ -19,6 +19,7 @@ from recbole_align.report import (
     COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
     trace_table, write_records, write_table,
 )
+from recbole_align.safe_write import write_text
 
 
 def reward_model_table(runs, dataset, output_dir, overrides, config_files=()):
@@ -110,6 +111,21 @@ REWARD_MODEL_NOTE = (
 )
 
 
+def older_runs_note(runs):
+    """[a paragraph naming the rows that rest on runs reused with ``--reuse_older_runs``], or []."""
+    older = {}
+    for run in runs:
+        if run.older:
+            older[run.label] = older.get(run.label, 0) + 1
+    if not older:
+        return []
+    rows = ", ".join(f"{label} ({n} seed{'s' * (n > 1)})" for label, n in older.items())
+    return [f"**Older runs**: {sum(older.values())} of {sum(r.results is not None for r in runs)} runs in these tables were "
+            f"recorded before runs recorded their identity and were reused with `--reuse_older_runs`: their settings, the "
+            f"package's defaults and the code were not checked against today's (their data files and start checkpoint "
+            f"were, where recorded). Rows: {rows}. `runs.csv` marks each (`record`)."]
+
+
 def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None,
                   noise_levels=()):
     """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen)."""
@@ -134,6 +150,7 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         f"scoring the policy's samples (saved checkpoint)."
         + (f" Baselines: RecBole's own training and early stopping, budget (epochs) {args.baseline_epochs}."
            if any(r.model == r.label and kind(r) == "baseline" for r in runs) else ""),
+        *older_runs_note(runs),
         "## Table 3 at the final epoch of the budget (rating-filtered test cases)",
         "The paper's view: every method trained for the fixed budget. BC: its best epoch (the starting checkpoint).",
         format_table(final, [*COLUMNS, *epoch_column]),
@@ -221,5 +238,5 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         f"{wall_seconds:.0f} s (runs reused from an earlier invocation cost it nothing).",
         f"    {command}",
     ]
-    (output_dir / "table.md").write_text("\n\n".join(parts) + "\n")
+    write_text(output_dir / "table.md", "\n\n".join(parts) + "\n")
     return "\n\n".join(parts)

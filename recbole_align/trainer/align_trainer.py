@@ -1,7 +1,6 @@
 """RecBole's Trainer with recbole-align's evaluation and bookkeeping; base of every trainer here."""
 
 import contextlib
-import functools
 import os
 import random
 import signal
@@ -15,13 +14,13 @@ import torch
 import torch.distributed as dist
 import torch.optim as optim
 from recbole.trainer import Trainer
-from recbole.utils import ModelType, calculate_valid_score
+from recbole.utils import ModelType, calculate_valid_score, set_color
 
 from recbole_align.compat import full_checkpoint_loading, load_checkpoint, trainer_on_any_device
-from recbole_align.data.fingerprint import run_inputs
 from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError, Interrupted
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
+from recbole_align.safe_write import opened_atomically
 
 
 def with_precision(loss_func, mixed_precision, device):
@@ -133,6 +132,13 @@ def last_state_file(checkpoint_file):
     return str(Path(checkpoint_file).with_suffix(".last.pth"))
 
 
+def save_state(state, path):
+    """``torch.save`` of ``state`` to ``path`` as RecBole saves checkpoints, but atomically
+    (:mod:`recbole_align.safe_write`)."""
+    with opened_atomically(path) as file:
+        torch.save(state, file, pickle_protocol=4)
+
+
 class AlignTrainerMixin:
     """Adds to any RecBole trainer:
 
@@ -166,6 +172,7 @@ class AlignTrainerMixin:
         self.epoch_test_loader = None  # the test cases, evaluated after every validation (epoch_test_metrics)
         self.last_epoch_test = None  # the SplitResult of the last epoch's test pass
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
+        self.identity = None  # the run's identity (recbole_align.identity), set by the run before fit()
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
         else:  # RecBole's <model>-<time>.pth, which two runs started in the same second would share
@@ -253,20 +260,15 @@ class AlignTrainerMixin:
     def resume_state(self, rng):
         """What continuing exactly needs beyond RecBole's checkpoint: the best checkpoint's path and
         result, the epoch log and ``rng``, every process's random states (:func:`random_states`), and
-        ``inputs``, the data files and version it learned from (a resume on changed data is refused).
+        ``identity``, everything that shaped the run (recbole_align.identity: a resume of another is refused).
         Subclasses with their own training state extend it and :meth:`load_resume_state`."""
         return {
             "best_checkpoint": self.saved_model_file,
             "best_valid_result": self.best_valid_result,
             "epoch_log": self.epoch_log,
             "rng": rng,
-            "inputs": self.inputs,
+            "identity": self.identity,
         }
-
-    @functools.cached_property
-    def inputs(self):
-        """data.run_inputs of this run, read once (at the first saved epoch)."""
-        return run_inputs(self.config)
 
     def load_resume_state(self, state):
         """Take back :meth:`resume_state`; the random states are restored when fit() starts."""
@@ -275,10 +277,9 @@ class AlignTrainerMixin:
         self.epoch_log = state["epoch_log"]
         self.resumed_rng = state["rng"]
 
-    def _save_last_state(self, epoch, rng):
-        """The keys of RecBole's ``_save_checkpoint`` for this epoch plus :meth:`resume_state`, written
-        atomically (an interruption while writing leaves the previous epoch's file)."""
-        state = {
+    def _checkpoint_state(self, epoch):
+        """What RecBole's ``_save_checkpoint`` saves for ``epoch``."""
+        return {
             "config": self.config,
             "epoch": epoch,
             "cur_step": self.cur_step,
@@ -286,11 +287,25 @@ class AlignTrainerMixin:
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
+        }
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's, written atomically (:func:`save_state`): a failed write leaves the previous checkpoint."""
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        save_state(self._checkpoint_state(epoch), saved_model_file)
+        if verbose:
+            self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+    def _save_last_state(self, epoch, rng):
+        """The keys of RecBole's ``_save_checkpoint`` for this epoch plus :meth:`resume_state`, written
+        atomically (an interruption while writing leaves the previous epoch's file)."""
+        state = {
+            **self._checkpoint_state(epoch),
             "resume": self.resume_state(rng),
         }
-        path = last_state_file(self.saved_model_file)
-        torch.save(state, f"{path}.tmp", pickle_protocol=4)
-        os.replace(f"{path}.tmp", path)
+        save_state(state, last_state_file(self.saved_model_file))
 
     def _map_reduce(self, result, num_sample):
         """The result itself: it is already over every rank's cases (see CaseGatheringCollector)."""
