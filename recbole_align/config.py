@@ -99,6 +99,7 @@ SETTING_CHECKS = (
     ("reward_scope", lambda v: v in ("item", "trajectory"), "item or trajectory"),
     ("trajectory_length", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("num_negatives", lambda v: is_integer(v) and v > 0, "a positive integer (sampled negatives per position)"),
+    ("item_updates", lambda v: v in (None, "auto", "dense", "sparse"), "auto, dense or sparse"),
     ("temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("sampling_temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("num_samples", lambda v: is_integer(v) and v >= 2,

@@ -35,6 +35,13 @@ RUN_KEYS = frozenset((
 ))
 
 
+# Keys added to the package's defaults since runs recorded their identity, with the value that does what
+# every run recorded without the key did: such a run is the same run while the key has that value.
+# item_updates (2026-12-06): auto is dense, the one way before it, up to 500k items, and no run recorded before
+# it had a larger catalogue.
+KEYS_ADDED = {"item_updates": "auto"}
+
+
 def yaml_keys_of(paths):
     """The top-level keys of the yaml files ``paths`` that exist."""
     return {key for path in paths for key in yaml_keys(path)}
@@ -99,6 +106,7 @@ def identity_changes(recorded, current, shown=6):
     if recorded["code"] != current["code"]:
         changes.append(f"code {recorded['code']} -> {current['code']}")
     before, now = recorded["settings"], current["settings"]
+    before = {**{key: value for key, value in KEYS_ADDED.items() if key in now and key not in before}, **before}
     changed = [key for key in sorted({*before, *now}) if before.get(key, "unset") != now.get(key, "unset")]
     changes += [f"{key} {before.get(key, 'unset')!r} -> {now.get(key, 'unset')!r}" for key in changed[:shown]]
     if len(changed) > shown:

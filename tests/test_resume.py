@@ -92,6 +92,18 @@ def test_length_grouped_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_sl
     assert_same_run(resumed, uninterrupted)
 
 
+def test_a_run_with_sparse_item_updates_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path, caplog):
+    # the lazy Adam state of the item table travels in the resume file beside the dense optimizer's
+    sparse = ("--epochs=3", "--item_updates=sparse")
+    with caplog.at_level("INFO"):
+        uninterrupted = run("HSTU", ml100k_slice, tmp_path, "full", *sparse)
+    assert "item table updates: sparse (item_updates)" in caplog.text
+    resumed = interrupted_then_resumed(monkeypatch, "HSTU", ml100k_slice, tmp_path, *sparse)
+    assert_same_run(resumed, uninterrupted)
+    dense = run("HSTU", ml100k_slice, tmp_path, "dense", "--epochs=3", "--item_updates=dense")
+    assert dense["epoch_log"][0]["train_loss"] == pytest.approx(uninterrupted["epoch_log"][0]["train_loss"], rel=0.02)
+
+
 def test_drpo_run_resumed_ends_as_uninterrupted(monkeypatch, ml100k_slice, tmp_path, bc_run):
     # DRPO: its adaptive kept fraction P is trainer state that the resume file must carry
     bc = f"--pretrained_checkpoint={bc_run[1]['checkpoint']}"

@@ -61,9 +61,9 @@ class RecBoleBackbone(NextItemPolicy):
             return super().position_mask(item_seq, seq_len)
         return torch.arange(item_seq.size(1), device=item_seq.device) == (seq_len - 1).unsqueeze(1)
 
-    def item_vectors(self):
-        """The item embedding table [n_items, d] (row 0 is padding)."""
-        return self.item_embedding.weight
+    def item_vectors(self, items=None):
+        """The item embedding table [n_items, d] (row 0 is padding), or its rows of ``items`` [...] -> [..., d]."""
+        return self.item_embedding.weight if items is None else self.item_embedding.weight[items]
 
     logit_scale = 1.0  # logits are h_s . e_a, as RecBole's CE loss and full_sort_predict
 

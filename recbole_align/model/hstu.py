@@ -69,25 +69,31 @@ class _SampledDotProducts(torch.autograd.Function):
 NEGATIVE_SHARING = ("position", "sequence", "batch")
 
 
-def sampled_negative_logits(states, items, mask, num_negatives, sharing):
-    """Uniform negatives from items 1..N-1 and their dot products with the M states [M, d] at ``mask``
-    [B, L]: (negatives [M, R], products [M, R]). ``sharing`` says who draws the same R items:
+def draw_negatives(n_items, mask, num_negatives, sharing):
+    """Uniform negatives from items 1..n_items-1 for the positions at ``mask`` [B, L], as ``sharing`` says who
+    draws the same R items: [M, R] (position: every position its own draws, the HSTU reference's
+    estimator), [B, R] (sequence: the positions of one history share them) or [R] (batch: every position)."""
+    shape = {"position": (int(mask.sum()), num_negatives), "sequence": (mask.size(0), num_negatives)}
+    return torch.randint(1, n_items, shape.get(sharing, (num_negatives,)), device=mask.device)
 
-    * position: every position its own draws (the HSTU reference's estimator), M*R products;
-    * sequence: the positions of one history share R draws: one [L, d] x [d, R] GEMM per history;
-    * batch: every position of the batch shares R draws: one [M, d] x [d, R] GEMM.
-    """
-    n_items, device = len(items), states.device
+
+def negative_products(states, items, drawn, mask, sharing):
+    """The M states [M, d] at ``mask`` against the rows ``drawn`` (:func:`draw_negatives`) of ``items``:
+    (negatives [M, R], products [M, R]); position: M*R products, sequence: one [L, d] x [d, R] GEMM per
+    history, batch: one [M, d] x [d, R] GEMM."""
     if sharing == "position":
-        negatives = torch.randint(1, n_items, (len(states), num_negatives), device=device)
-        return negatives, _SampledDotProducts.apply(states, items, negatives)
+        return drawn, _SampledDotProducts.apply(states, items, drawn)
     if sharing == "sequence":
-        drawn = torch.randint(1, n_items, (mask.size(0), num_negatives), device=device)
         padded = states.new_zeros(*mask.shape, states.size(-1)).masked_scatter(mask.unsqueeze(-1), states)
         products = torch.bmm(padded, F.embedding(drawn, items).transpose(1, 2))[mask]
-        return drawn.unsqueeze(1).expand(*mask.shape, num_negatives)[mask], products
-    drawn = torch.randint(1, n_items, (num_negatives,), device=device)
-    return drawn.expand(len(states), num_negatives), states @ items[drawn].T
+        return drawn.unsqueeze(1).expand(*mask.shape, drawn.size(-1))[mask], products
+    return drawn.expand(len(states), len(drawn)), states @ items[drawn].T
+
+
+def sampled_negative_logits(states, items, mask, num_negatives, sharing):
+    """Uniform negatives from items 1..N-1 (N = len(items)) and their dot products with the M states [M, d]
+    at ``mask`` [B, L]: (negatives [M, R], products [M, R]); see :func:`draw_negatives`."""
+    return negative_products(states, items, draw_negatives(len(items), mask, num_negatives, sharing), mask, sharing)
 
 
 class _BucketLookup(torch.autograd.Function):
@@ -261,9 +267,22 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         next_times = next_step(interaction[self.TIME_SEQ], seq_len, interaction[self.TIME])
         return self.forward(item_seq, seq_len, interaction[self.TIME_SEQ], next_times)
 
-    def item_vectors(self):
-        """L2-normalised item embeddings [n_items, d] (row 0 is padding)."""
-        return F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6)
+    touched_rows = False  # set by use_sparse_item_updates: a step reads and updates only the rows it touches
+
+    def item_vectors(self, items=None):
+        """L2-normalised item embeddings: the table [n_items, d] (row 0 is padding), or of ``items`` [...] ->
+        [..., d]; with ``touched_rows``, only those rows are read (and get a row-sparse gradient)."""
+        if items is None or not self.touched_rows:
+            table = F.normalize(self.item_embedding.weight, dim=-1, eps=1e-6)
+            return table if items is None else table[items]
+        return F.normalize(self.item_embedding(items), dim=-1, eps=1e-6)
+
+    def use_sparse_item_updates(self):
+        """From now on a training step reads (and normalises) only the item rows it touches: the history's,
+        the targets and the sampled negatives, whose gradient is row-sparse (``item_updates: sparse``).
+        Returns the item table, for the optimizer made for such gradients."""
+        self.touched_rows = self.item_embedding.sparse = True
+        return self.item_embedding.weight
 
     @property
     def logit_scale(self):
@@ -276,8 +295,13 @@ class HSTU(NextItemPolicy, SequentialRecommender):
         masked)."""
         if self.loss_type == "CE":
             return super().position_nll(states, targets, mask)
-        items = self.item_vectors()
-        negatives, products = sampled_negative_logits(states, items, mask, self.num_negatives, self.negative_sharing)
+        drawn = draw_negatives(self.n_items, mask, self.num_negatives, self.negative_sharing)
+        if self.touched_rows:  # the distinct rows this step reads, and the draws as indices into them
+            rows, index = torch.unique(torch.cat([targets, drawn.flatten()]), return_inverse=True)
+            items, targets, drawn = self.item_vectors(rows), index[: len(targets)], index[len(targets):].view_as(drawn)
+        else:
+            items = self.item_vectors()
+        negatives, products = negative_products(states, items, drawn, mask, self.negative_sharing)
         pos_logits = (states * items[targets]).sum(-1, keepdim=True) / self.temperature
         neg_logits = products / self.temperature
         neg_logits = neg_logits.masked_fill(negatives == targets.unsqueeze(1), -5e4)

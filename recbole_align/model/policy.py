@@ -23,7 +23,7 @@ class NextItemPolicy:
     """Mixin for a ``SequentialRecommender``: the next-item policy and its losses at the trained positions.
 
     A subclass defines ``sequence_outputs(interaction)`` (user states [B, L, d], the state at
-    position t conditioned on items 0..t), ``item_vectors()`` and ``logit_scale`` (logit(s, a) =
+    position t conditioned on items 0..t), ``item_vectors(items=None)`` (the table, or the rows of ``items``) and ``logit_scale`` (logit(s, a) =
     logit_scale * state . item_vector), and
     calls :meth:`init_policy` in its constructor. ``position_nll`` defaults to the exact softmax.
     """
@@ -66,7 +66,7 @@ class NextItemPolicy:
 
     def predict_reward(self, states, items):
         """The reward head's predicted rating r̂(s, a): states [..., d], item ids [...] -> [...]."""
-        return self.reward_head(states, self.item_vectors()[items])
+        return self.reward_head(states, self.item_vectors(items))
 
     def position_states(self, interaction):
         """States at the M trained positions [M, d], the items they predict [M] and the mask [B, L]
@@ -87,7 +87,7 @@ class NextItemPolicy:
 
     def item_logits(self, states, items):
         """logit(s, a) at given items: states [M, d], items [M, K] -> [M, K]."""
-        return (states.unsqueeze(-2) * self.item_vectors()[items]).sum(-1) * self.logit_scale
+        return (states.unsqueeze(-2) * self.item_vectors(items)).sum(-1) * self.logit_scale
 
     def position_nll(self, states, targets, mask):
         """-log pi(target | state) per row, exact softmax over the catalogue: [M] (``mask`` [B, L]:

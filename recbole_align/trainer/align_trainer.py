@@ -20,6 +20,7 @@ from recbole_align.compat import full_checkpoint_loading, load_checkpoint, train
 from recbole_align.distributed import gather_cases
 from recbole_align.errors import AlignError, Interrupted
 from recbole_align.evaluator.cases import CASE_KEYS, CaseCollector, evaluate_cases, plain_metrics
+from recbole_align.trainer.item_updates import TableAndDenseOptimizer, item_update_mode
 from recbole_align.safe_write import opened_atomically
 
 
@@ -179,7 +180,22 @@ class AlignTrainerMixin:
             path = Path(self.saved_model_file)
             self.saved_model_file = str(path.with_name(f"{path.stem}-{os.getpid()}{path.suffix}"))
 
+    sparse_item_updates = True  # its loss reads the item rows of the batch only (recbole_align.trainer.item_updates)
+
     def _build_optimizer(self, **kwargs):
+        """The optimizer of ``item_updates`` (logged): RecBole's (:meth:`_parameter_optimizer`) for every
+        parameter, or lazy Adam for the item table beside it for the others."""
+        mode, why = item_update_mode(self.config, self.model, self.sparse_item_updates)
+        self.logger.info(f"item table updates: {mode} ({why})")
+        if mode == "dense":
+            return self._parameter_optimizer(**kwargs)
+        table = self.model.use_sparse_item_updates()
+        dense = self._parameter_optimizer(**{**kwargs, "params": [p for p in self.model.parameters() if p is not table]})
+        return TableAndDenseOptimizer(dense, table, kwargs.get("learning_rate", self.learning_rate),
+                                      self.config["optimizer_betas"] or (0.9, 0.999))
+
+    def _parameter_optimizer(self, **kwargs):
+        """RecBole's optimizer, with AdamW/Adam betas from ``optimizer_betas``."""
         betas = self.config["optimizer_betas"]
         learner = kwargs.get("learner", self.learner).lower()
         if betas is None or learner not in ("adam", "adamw"):

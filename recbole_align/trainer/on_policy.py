@@ -254,6 +254,7 @@ class OnPolicyTrainer(AlignTrainer):
     """
 
     requires_reward_head = True  # the BC stage trains a reward head for this trainer
+    sparse_item_updates = False  # its losses read every item row
 
     def __init__(self, config, model):
         if getattr(model, "reward_head", None) is None:
