@@ -1,18 +1,21 @@
-"""How time and memory grow with the catalogue and the number of ratings, on generated data (issue 23).
+"""How time and memory grow with the catalogue and the number of ratings, on generated data (issues 23, 34).
 
     python benchmarks/scaling.py --output_dir=benchmarks/results/scaling
+    python benchmarks/scaling.py --sizes="[696k:11.7M:811k:50]" --methods="[BC,ExpRSFT,PPO]"   # Amazon-Books-shaped
 
-For each size ``items:ratings`` of ``--sizes`` (default: a catalogue of 10k, 100k and 700k items at 1M
-ratings, and 0.1M and 5M ratings at 100k items; ``--users`` users throughout), a data set is generated
-(every item rated at least once, the rest of the ratings drawn from a Zipf-like popularity, ratings
-1-5, one timestamp a day per user) and ONE worker process, on ``--threads`` thread(s), measures in
-order: RecBole's data loading (dataset and splits), BC (HSTU with the reward head), Exp-RSFT, PPO and
-online DPO training, each from a fresh model (a step's cost does not depend on the weights), and one
-full evaluation of the test cases. A training row times the first ``--max_batches`` batches of an epoch
-after a warm-up batch (``--on_policy_batches`` for PPO and DPO, whose batches cost the catalogue)
-and reports seconds per epoch = seconds per batch x batches per epoch (projected: the whole epoch is
-not run). After each step the worker's peak resident memory so far is read, so the last row's is the
-whole process's peak: the target is under 8 GB for 700k items and 1M ratings.
+For each size ``items:ratings[:users[:history]]`` of ``--sizes`` (default: a catalogue of 10k, 100k and 700k
+items at 1M ratings, and 0.1M and 5M ratings at 100k items; ``--users`` users and the HSTU window unless the
+size names them: Amazon Books in the paper's Table 1 is 695,762 items, 811,227 users and 14.47 ratings a
+user, 11.7M ratings, and the HSTU reference's window for it is 50), a data set is generated (every item
+rated at least once, the rest of the ratings drawn from a Zipf-like popularity, ratings 1-5, one timestamp
+a day per user) and ONE worker process, on ``--threads`` thread(s), measures in order: RecBole's data
+loading (dataset and splits), an epoch of each of ``--methods`` (default every method; BC is HSTU with the
+reward head, the others from a fresh model: a step's cost does not depend on the weights), each with the
+package's defaults (``item_updates`` and ``policy_estimator`` choose by the catalogue, and the log line of
+the choice is kept), and one full evaluation of the test cases. A training row is ONE WHOLE EPOCH after a
+warm-up batch (``--max_batches`` N > 0: the first N batches, reported as seconds per batch x batches
+per epoch, a projection). After each step the worker's peak resident memory so far is read, so the last
+row's is the whole process's peak.
 Writes ``scaling.json`` (the measurements, machine, date, command), ``table.md`` and ``scaling.png``.
 """
 
@@ -37,9 +40,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from throughput import timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
 
 from recbole_align.memory import DEFAULT_BUDGET_MB, catalogue_rows  # noqa: E402
+from recbole_align.safe_write import written_atomically  # noqa: E402
 
 DEFAULT_SIZES = "[10k:1M,100k:1M,700k:1M,100k:0.1M,100k:5M]"
-STEPS = ("BC", "ExpRSFT", "PPO", "DPO")  # trained in this order, after loading; evaluation last
+STEPS = ("BC", "ExpRSFT", "RSFT", "DRPO", "ContinuedBC", "PPO", "GRPO", "DPO")  # in this order; evaluation last
 SCALE = {"k": 1_000, "M": 1_000_000}
 
 
@@ -64,7 +68,8 @@ def generate(folder, name, n_users, n_items, n_ratings, seed=0):
     frame = pd.DataFrame({"user_id:token": users, "item_id:token": items, "rating:float": ratings,
                           "timestamp:float": 1_000_000_000 + 86_400 * step + users})
     (folder / name).mkdir(parents=True, exist_ok=True)
-    frame.to_csv(folder / name / f"{name}.inter", sep="\t", index=False)
+    with written_atomically(folder / name / f"{name}.inter") as path:  # an interrupted run leaves no partial file
+        frame.to_csv(path, sep="\t", index=False)
 
 
 def peak_mb():
@@ -80,8 +85,16 @@ def worker(args):
     from recbole_align.data import length_grouped, load_dataset, split_loaders
     from recbole_align.trainer.reward_weighted import RewardWeightedTrainer, resolve_settings, training_ratings
 
+    import logging
+
     torch.set_num_threads(args.threads)
-    base = {"data_path": args.data_path, "state": "error", "show_progress": False, "checkpoint_dir": args.scratch}
+    base = {"data_path": args.data_path, "state": "error", "show_progress": False, "checkpoint_dir": args.scratch,
+            **({"MAX_ITEM_LIST_LENGTH": args.history} if args.history else {})}
+    choices = []  # the trainers' log lines of what they chose for this catalogue
+    logging.getLogger().setLevel(logging.INFO)
+    handler = logging.Handler()
+    handler.emit = lambda record: choices.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
     rows = [{"step": "start", "seconds": 0.0, "peak_mb": peak_mb()}]
     start = time.perf_counter()
     config, spec = build_config("BC", args.dataset, config_dict={**base, "reward_head": True})
@@ -89,16 +102,17 @@ def worker(args):
     train = length_grouped(config, train)
     rows.append({"step": "load", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
                  "catalogue": train._dataset.item_num - 1})
-    for model in STEPS:
+    for model in args.methods.strip("[] ").split(","):
         config, spec = build_config(model, args.dataset, config_dict={**base, "reward_head": True})
         init_seed(config["seed"], config["reproducibility"])
+        choices.clear()
         trainer = spec.trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
         if isinstance(trainer, RewardWeightedTrainer):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
-        batches = args.on_policy_batches if model in ("PPO", "DPO") else args.max_batches
-        seconds = timed_epoch(trainer, train, batches, repeats=1)
-        rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(), "timed_batches": batches,
-                     "batches_per_epoch": len(train)})
+        seconds = timed_epoch(trainer, train, args.max_batches, repeats=1)
+        chosen = "; ".join(line for line in choices if line.startswith(("item table updates", "policy estimator")))
+        rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(),
+                     "timed_batches": args.max_batches or len(train), "batches_per_epoch": len(train), "chosen": chosen})
     start = time.perf_counter()
     trainer.evaluate(test, load_best_model=False)
     rows.append({"step": "evaluation", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
@@ -111,7 +125,7 @@ def run_worker(args, name):
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={args.threads}",
                f"--data_path={args.output_dir / 'data'}", f"--dataset={name}", f"--max_batches={args.max_batches}",
-               f"--on_policy_batches={args.on_policy_batches}", f"--scratch={args.output_dir / 'scratch'}"]
+               f"--methods={args.methods}", f"--history={args.history}", f"--scratch={args.output_dir / 'scratch'}"]
     process = subprocess.run(command, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         raise RuntimeError(f"worker for [{name}] failed:\n{process.stderr[-3000:]}")
@@ -134,11 +148,15 @@ def report(results):
     seconds = table.pivot_table(index="size", columns="step", values="seconds", sort=False)
     peak = table.groupby("size", sort=False)["peak_mb"].max().rename("peak memory (MB)")
     summary = pd.concat([seconds, peak], axis=1)
+    projected = results["max_batches"], results.get("on_policy_batches")
+    epochs = ("one whole training epoch" if not projected[0] else
+              f"one training epoch projected from its first {projected[0]} batches"
+              + (f" (PPO and DPO {projected[1]})" if projected[1] else ""))
     lines = [f"# Scaling on generated data ({results['date']}, {results['machine']}, {results['threads']} thread(s))", "",
              f"Command: `{results['command']}`", "",
-             f"{results['users']} users. Seconds: data loading, one training epoch of each method (projected from "
-             f"its first {results['max_batches']} batches, PPO and DPO {results['on_policy_batches']}, after a warm-up "
-             "batch), one evaluation of the test cases; peak resident memory of the one process that ran them all.", "",
+             f"Users: {results['users']} unless the size names them. Seconds: data loading, {epochs} of each method "
+             "(after a warm-up batch), one evaluation of the test cases; peak resident memory of the one process that "
+             "ran them all.", "",
              summary.round(1).to_markdown(), "", "## Every step (peak memory so far)", "",
              table.drop(columns=["n_items", "n_ratings"]).round(2).to_markdown(index=False, missingval="")]
     return "\n".join(lines) + "\n"
@@ -168,12 +186,14 @@ def plot(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f'"[items:ratings,...]" (default {DEFAULT_SIZES})')
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help=f'"[items:ratings[:users[:history]],...]" (default {DEFAULT_SIZES})')
     parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--methods", default=f"[{','.join(STEPS)}]", help="the methods timed, in order")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max_batches", type=int, default=10, help="timed batches of BC and Exp-RSFT")
-    parser.add_argument("--on_policy_batches", type=int, default=2, help="timed batches of PPO and DPO")
-    parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/scaling"))
+    parser.add_argument("--max_batches", type=int, default=0, help="0: whole epochs; N: projected from N batches")
+    parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/scaling-epochs"))
+    parser.add_argument("--history", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--report_only", action="store_true", help="rewrite table.md and scaling.png from scaling.json")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data_path", help=argparse.SUPPRESS)
@@ -194,19 +214,20 @@ def main(argv=None):
         "command": " ".join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
         "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
-        "users": args.users, "threads": args.threads, "max_batches": args.max_batches,
-        "on_policy_batches": args.on_policy_batches,
+        "users": args.users, "threads": args.threads, "max_batches": args.max_batches, "on_policy_batches": None,
     })
     done = {entry["size"] for entry in results["sizes"]}  # a finished size is kept (rerun: delete scaling.json)
     for size in [s.strip() for s in args.sizes.strip("[] ").split(",") if s.strip()]:
         if size in done:
             continue
-        items, ratings = (count(part) for part in size.split(":"))
+        items, ratings, users, history = [*(count(part) for part in size.split(":")), args.users, 0][:4]
         name = f"scale-{size.replace(':', '-')}"
-        print(f"{size}: generating {ratings} ratings of {args.users} users over {items} items", file=sys.stderr, flush=True)
-        generate(args.output_dir / "data", name, args.users, items, ratings)
+        print(f"{size}: generating {ratings} ratings of {users} users over {items} items", file=sys.stderr, flush=True)
+        generate(args.output_dir / "data", name, users, items, ratings)
+        args.history = history
         rows = run_worker(args, name)
-        results["sizes"].append({"size": size, "items": items, "ratings": ratings, "rows": rows})
+        results["sizes"].append({"size": size, "items": items, "ratings": ratings, "users": users, "history": history or None,
+                                 "rows": rows})
         results_file.write_text(json.dumps(results, indent=2))  # each finished size at once
         print(f"{size}: peak {max(r['peak_mb'] for r in rows):.0f} MB", file=sys.stderr, flush=True)
     (args.output_dir / "table.md").write_text(report(results))

@@ -100,6 +100,8 @@ SETTING_CHECKS = (
     ("trajectory_length", lambda v: is_integer(v) and v > 0, "a positive integer"),
     ("num_negatives", lambda v: is_integer(v) and v > 0, "a positive integer (sampled negatives per position)"),
     ("item_updates", lambda v: v in (None, "auto", "dense", "sparse"), "auto, dense or sparse"),
+    ("policy_estimator", lambda v: v in (None, "auto", "exact", "sampled"), "auto, exact or sampled"),
+    ("policy_tail_samples", lambda v: is_integer(v) and v > 0, "a positive integer (uniform draws per batch)"),
     ("temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("sampling_temperature", lambda v: is_number(v) and v > 0, "a number > 0"),
     ("num_samples", lambda v: is_integer(v) and v >= 2,

@@ -39,7 +39,8 @@ RUN_KEYS = frozenset((
 # every run recorded without the key did: such a run is the same run while the key has that value.
 # item_updates (2026-12-06): auto is dense, the one way before it, up to 500k items, and no run recorded before
 # it had a larger catalogue.
-KEYS_ADDED = {"item_updates": "auto"}
+# policy_estimator, policy_tail_samples (2026-12-06): auto is exact, the one way before, up to 100k items.
+KEYS_ADDED = {"item_updates": "auto", "policy_estimator": "auto", "policy_tail_samples": 2048}
 
 
 def yaml_keys_of(paths):

@@ -35,7 +35,8 @@ class NextItemPolicy:
     def init_policy(self, config, dataset, d):
         """Rating fields, the rows of a catalogue-wide block within ``catalogue_chunk_mb`` and, with
         ``reward_head: True``, a reward head of width ``d``."""
-        self.catalogue_chunk_rows = catalogue_rows(self.n_items, config["catalogue_chunk_mb"], self.most_chunk_rows)
+        self.catalogue_chunk_mb = config["catalogue_chunk_mb"]
+        self.catalogue_chunk_rows = catalogue_rows(self.n_items, self.catalogue_chunk_mb, self.most_chunk_rows)
         self.RATING = config["RATING_FIELD"]
         self.LIST_SUFFIX = config["LIST_SUFFIX"]
         self.RATING_SEQ = f"{self.RATING}{self.LIST_SUFFIX}"

@@ -10,7 +10,7 @@ preference and are left out. Hyper-parameters: recbole_align/properties/model/DP
 import torch
 import torch.nn.functional as F
 
-from recbole_align.trainer.on_policy import OnPolicyTrainer, policy_kl, sample_pairs
+from recbole_align.trainer.on_policy import OnPolicyTrainer, items_of, policy_kl, sample_pairs
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta):
@@ -33,8 +33,9 @@ class DPOTrainer(OnPolicyTrainer):
 
     The loss needs the logits of the two items of each pair only (the log-normalisers cancel), so
     the gradient flows through 2 M dot products; the catalogue-wide policy is computed without
-    gradient, to sample, in blocks of rows (``catalogue_chunk_mb``). The logged KL to BC is exact, on ``kl_log_contexts`` contexts of each
-    batch spread evenly over it (ours: logging only).
+    gradient, to sample, in blocks of rows (``catalogue_chunk_mb``), over the catalogue or the batch's support
+    (``policy_estimator``). The logged KL to BC (exact, or estimated over the support) is taken on
+    ``kl_log_contexts`` contexts of each batch spread evenly over it (ours: logging only).
     """
 
     kl_log_contexts = 512
@@ -45,16 +46,17 @@ class DPOTrainer(OnPolicyTrainer):
 
     def batch_loss(self, interaction):
         """Mean dpo_loss over the contexts whose two sampled items the reward head does not tie."""
-        states, reference_states, history = self.contexts(interaction)
+        states, reference_states, history, support = self.contexts(interaction)
         with torch.no_grad():
-            pairs = sample_pairs(self.model, states, history, self.sampling_temperature)
+            pairs = items_of(sample_pairs(self.model, states, history, self.sampling_temperature, support), support)
             rewards = self.reward(reference_states, pairs)
             chosen, rejected, decided = rank_pairs(pairs, rewards)
             reference_chosen, reference_rejected = (
                 self.reference.item_logits(reference_states, items).squeeze(1) for items in (chosen, rejected)
             )
             logged = torch.linspace(0, len(states) - 1, min(len(states), self.kl_log_contexts)).long()
-            kl = policy_kl(self.model, self.reference, states[logged], reference_states[logged], history[logged]).mean()
+            kl = policy_kl(self.model, self.reference, states[logged], reference_states[logged], history[logged],
+                           support).mean()
         losses = dpo_loss(
             self.model.item_logits(states, chosen).squeeze(1), self.model.item_logits(states, rejected).squeeze(1),
             reference_chosen, reference_rejected, self.beta,

@@ -80,13 +80,13 @@ class GRPOTrainer(PPOTrainer):
         self.kl_estimator = config["grpo_kl"]
         self.advantage_eps = config["advantage_eps"]
 
-    def sample_rollout(self, states, reference_states, history):
+    def sample_rollout(self, states, reference_states, history, support=None):
         """PPO's rollout and, for the k3 penalty, log pi_BC at its items (at the sampling temperature)."""
-        rollout = super().sample_rollout(states, reference_states, history)
+        rollout = super().sample_rollout(states, reference_states, history, support)
         if self.kl_estimator == "exact":
             return rollout
         log_reference = log_probs_at(
-            self.reference, reference_states, history, rollout.actions, self.sampling_temperature
+            self.reference, reference_states, history, rollout.actions, self.sampling_temperature, support
         )
         return rollout._replace(log_reference=log_reference)
 

@@ -5,6 +5,8 @@ batch: a rollout of K items per context is sampled from the current policy (π_o
 that moment, no gradient) over the catalogue minus the history and scored by the frozen reward head;
 then ``ppo_epochs`` clipped passes (optimizer steps) over that rollout maximise the clipped surrogate
 with group-mean advantages, minus an exact KL penalty to the frozen BC policy; then the next batch.
+With ``policy_estimator: sampled`` the rollout, log π and the KL are taken over the batch's support of
+candidate items (recbole_align.trainer.on_policy), kept for every pass over the rollout.
 No critic. Hyper-parameters: recbole_align/properties/model/PPO.yaml.
 """
 
@@ -12,12 +14,16 @@ from collections import namedtuple
 
 import torch
 
-from recbole_align.trainer.on_policy import OnPolicyTrainer, log_normaliser, log_probs_and_kl, sample_with_log_probs
+from recbole_align.trainer.on_policy import (
+    OnPolicyTrainer, items_of, log_normaliser, log_probs_and_kl, sample_with_log_probs,
+)
 
-# reference_log_norm: pi_BC's log-normaliser at each context (fixed during the rollout's passes);
+# reference_log_norm: pi_BC's log-normaliser at each context (fixed during the rollout's passes); support:
+# the batch's candidate items (on_policy.Support; actions are its slots), None over the whole catalogue;
 # log_reference: log pi_BC at the sampled items, for a KL estimated on them (GRPO's k3); None for PPO
 Rollout = namedtuple(
-    "Rollout", "reference_states history actions log_old rewards reference_log_norm log_reference", defaults=(None,)
+    "Rollout", "reference_states history actions log_old rewards reference_log_norm support log_reference",
+    defaults=(None, None),
 )
 
 
@@ -96,26 +102,28 @@ class PPOTrainer(OnPolicyTrainer):
         own states (so its ratio is 1) at ``sampling_temperature`` (the ratio and the KL are taken on
         the same tempered policies)."""
         if self.passes_done % self.ppo_epochs == 0:
-            states, reference_states, history = self.contexts(interaction)
-            self.rollout = self.sample_rollout(states.detach(), reference_states, history)
+            states, reference_states, history, support = self.contexts(interaction)
+            self.rollout = self.sample_rollout(states.detach(), reference_states, history, support)
         else:
             states = self.model.position_states(interaction)[0]
         self.passes_done += 1
         rollout = self.rollout
         log_pi, kl = log_probs_and_kl(
             self.model, states, self.reference, rollout.reference_states, rollout.history, rollout.actions,
-            self.sampling_temperature, rollout.reference_log_norm,
+            self.sampling_temperature, rollout.reference_log_norm, rollout.support,
         )
         loss, stats = self.rollout_loss(log_pi, kl, rollout)
         self.batch_stats.append({"sample_reward": rollout.rewards.mean(), **stats})
         return loss
 
-    def sample_rollout(self, states, reference_states, history):
-        """num_samples items per context from pi_old (the policy now, no gradient), with their rewards, and
-        pi_BC's log-normalisers, which every pass over the rollout reuses."""
-        actions, log_old = sample_with_log_probs(self.model, states, history, self.num_samples, self.sampling_temperature)
-        reference_log_norm = log_normaliser(self.reference, reference_states, history, self.sampling_temperature)
-        return Rollout(reference_states, history, actions, log_old, self.reward(reference_states, actions), reference_log_norm)
+    def sample_rollout(self, states, reference_states, history, support=None):
+        """num_samples items per context from pi_old (the policy now, no gradient; over ``support``, if any),
+        with their rewards, and pi_BC's log-normalisers, which every pass over the rollout reuses."""
+        temperature = self.sampling_temperature
+        actions, log_old = sample_with_log_probs(self.model, states, history, self.num_samples, temperature, support)
+        reference_log_norm = log_normaliser(self.reference, reference_states, history, temperature, support)
+        rewards = self.reward(reference_states, items_of(actions, support))
+        return Rollout(reference_states, history, actions, log_old, rewards, reference_log_norm, support)
 
     def rollout_loss(self, log_pi, kl, rollout):
         """(loss, stats) of one pass: :func:`ppo_loss` at log pi_theta of the rollout's items and the exact KL."""

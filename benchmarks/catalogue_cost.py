@@ -1,17 +1,18 @@
-"""Whole training epochs of BC and Exp-RSFT as the catalogue grows, two code trees side by side (issue 34).
+"""Training epochs as the catalogue grows, code trees side by side (issue 34).
 
     git worktree add /tmp/recbole-align-e3f7ce8 e3f7ce8     # the code before sparse item updates
-    python benchmarks/item_updates.py --code="[old=/tmp/recbole-align-e3f7ce8,new=.]" \
-        --sizes="[10k,700k]" --output_dir=benchmarks/results/item_updates
+    python benchmarks/catalogue_cost.py --code="[old=/tmp/recbole-align-e3f7ce8,new=.]" \
+        --sizes="[10k,700k]" --output_dir=benchmarks/results/catalogue_cost
 
 For each catalogue size (generated data as benchmarks/scaling.py makes it: ``--users`` users, ``--ratings``
 ratings, every item rated at least once), each code tree in turn measures, in a worker process of its
-own on ``--threads`` thread(s), ONE WHOLE epoch of HSTU BC (with the reward head, as PPO's BC) and of
-Exp-RSFT from the freshly initialised model, each after a warm-up batch, with the tree's defaults (the
-new tree logs the item table updates that ``item_updates: auto`` chose). The trees alternate within a
-size, so that both see the same machine. Writes ``item_updates.json`` (every measurement, machine, date,
-command) and ``table.md`` (seconds per epoch, each tree's ratio to the first, each size's ratio to the
-smallest).
+own on ``--threads`` thread(s), ONE WHOLE epoch (``--max_batches`` N: projected from N batches) of each of
+``--methods`` (default HSTU BC with the reward head, as PPO's BC, and Exp-RSFT) from the freshly
+initialised model, each after a warm-up batch, with the tree's defaults and the tree's settings (``path@key=value``;
+the log lines of what ``item_updates`` and ``policy_estimator`` chose are kept). The trees alternate within a
+size, so that both see the same machine. Writes ``catalogue_cost.json`` (every measurement, machine, date,
+command; a rerun with the same settings keeps the measurements it has) and ``table.md`` (seconds per epoch,
+each tree's ratio to the first, each size's ratio to the smallest).
 """
 
 import argparse
@@ -29,7 +30,7 @@ import pandas as pd
 from scaling import count, generate  # noqa: E402 (benchmarks/ is the script's folder)
 from throughput import parse_list, timed_epoch  # noqa: E402
 
-METHODS = ("BC", "ExpRSFT")
+METHODS = "[BC,ExpRSFT]"
 
 
 def worker(args):
@@ -52,7 +53,7 @@ def worker(args):
     handler = logging.Handler()
     handler.emit = lambda record: messages.append(record.getMessage())
     rows, train = [], None
-    for model in METHODS:
+    for model in parse_list(args.methods):
         config, spec = build_config(model, args.dataset, config_dict={**base, **overrides})
         if train is None:
             train = length_grouped(config, split_loaders(config, load_dataset(config, spec.model_class))[0])
@@ -63,9 +64,9 @@ def worker(args):
         if isinstance(trainer, RewardWeightedTrainer):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
         seconds = timed_epoch(trainer, train, args.max_batches, repeats=1)
-        updates = next((m.split(": ", 1)[1] for m in messages if m.startswith("item table updates:")), "dense (before the choice)")
+        chosen = "; ".join(m for m in messages if m.startswith(("item table updates:", "policy estimator:")))
         rows.append({"method": model, "seconds_per_epoch": seconds, "batches_per_epoch": len(train),
-                     "item_updates": updates, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                     "chosen": chosen or "(before the choice)", "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         messages.clear()
     print(json.dumps(rows))
 
@@ -77,7 +78,7 @@ def run_worker(args, tree, name):
            "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={args.threads}",
                f"--data_path={args.output_dir / 'data'}", f"--dataset={name}", f"--max_batches={args.max_batches}",
-               f"--scratch={args.output_dir / 'scratch'}", f"--settings={settings}"]
+               f"--scratch={args.output_dir / 'scratch'}", f"--settings={settings}", f"--methods={args.methods}"]
     process = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         raise RuntimeError(f"worker for [{tree}] on [{name}] failed:\n{process.stderr[-3000:]}")
@@ -88,21 +89,21 @@ def report(results):
     table = pd.DataFrame([{**row, "size": entry["size"], "code": entry["code"]} for entry in results["runs"]
                           for row in entry["rows"]])
     seconds = table.pivot_table(index=["method", "size"], columns="code", values="seconds_per_epoch", sort=False)
-    names = [name for name, _ in results["code"]]
+    names = [name for name, _ in results["code"]]  # [name, path] pairs
     for name in names[1:]:
         seconds[f"{name} / {names[0]}"] = seconds[name] / seconds[names[0]]
-    smallest = table["size"].iloc[0]
+    smallest = min(table["size"], key=count)
     epochs = "every batch" if not results["max_batches"] else f"projected from {results['max_batches']} batches"
     for name in names:
         seconds[f"{name}: / {smallest}"] = [seconds.loc[(method, size), name] / seconds.loc[(method, smallest), name]
                                             for method, size in seconds.index]
-    updates = table.pivot_table(index=["method", "size"], columns="code", values="item_updates", aggfunc="first", sort=False)
+    chosen = table.pivot_table(index=["method", "size"], columns="code", values="chosen", aggfunc="first", sort=False)
     lines = [f"# Whole epochs as the catalogue grows ({results['date']}, {results['machine']}, {results['threads']} thread(s))",
              "", f"Command: `{results['command']}`", "",
              f"{results['users']} users, {results['ratings']:,} ratings; seconds of one whole training epoch "
              f"({epochs}, "
              "after a warm-up batch), HSTU with the reward head, each tree's defaults.", "",
-             seconds.round(2).to_markdown(), "", "## Item table updates (the new tree's log)", "", updates.to_markdown(), "",
+             seconds.round(2).to_markdown(), "", "## What each tree chose (its log)", "", chosen.to_markdown(), "",
              "## Peak memory (MB) of each worker", "",
              table.pivot_table(index="size", columns="code", values="peak_mb", aggfunc="max", sort=False).round(0).to_markdown()]
     return "\n".join(lines) + "\n"
@@ -116,9 +117,10 @@ def main(argv=None):
     parser.add_argument("--sizes", default="[10k,700k]", help="catalogue sizes")
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--ratings", default="1M")
+    parser.add_argument("--methods", default=METHODS, help="the methods timed, in order")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max_batches", type=int, default=0, help="0: whole epochs")
-    parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/item_updates"))
+    parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/catalogue_cost"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data_path", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
@@ -130,20 +132,26 @@ def main(argv=None):
         return worker(args)
     args.output_dir = args.output_dir.resolve()
     code = [tuple(item.split("=", 1)) for item in parse_list(args.code)]
-    results = {"command": " ".join(["python", "benchmarks/item_updates.py", *(argv if argv is not None else sys.argv[1:])]),
+    results_file = args.output_dir / "catalogue_cost.json"
+    settings = {"code": [list(pair) for pair in code], "users": args.users, "ratings": count(args.ratings),
+                "threads": args.threads, "max_batches": args.max_batches, "methods": args.methods}
+    earlier = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    kept = earlier.get("runs", []) if all(earlier.get(k) == v for k, v in settings.items()) else []
+    results = {"command": " ".join(["python", "benchmarks/catalogue_cost.py", *(argv if argv is not None else sys.argv[1:])]),
                "date": datetime.date.today().isoformat(),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", "code": code,
-               "users": args.users, "ratings": count(args.ratings), "threads": args.threads,
-               "max_batches": args.max_batches, "runs": []}
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores", **settings, "runs": kept}
+    done = {(run["size"], run["code"]) for run in kept}  # a finished measurement of the same settings is kept
     for size in parse_list(args.sizes):
         name = f"items-{size}"
         if not (args.output_dir / "data" / name / f"{name}.inter").is_file():
             generate(args.output_dir / "data", name, args.users, count(size), count(args.ratings))
         for label, tree in code:
+            if (size, label) in done:
+                continue
             rows = run_worker(args, tree, name)
             results["runs"].append({"size": size, "code": label, "rows": rows})
             print(f"{size} {label}: {rows}", file=sys.stderr, flush=True)
-            (args.output_dir / "item_updates.json").write_text(json.dumps(results, indent=2))
+            results_file.write_text(json.dumps(results, indent=2))
     (args.output_dir / "table.md").write_text(report(results))
     print(report(results))
 
