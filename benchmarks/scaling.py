@@ -1,7 +1,8 @@
 """How time and memory grow with the catalogue and the number of ratings, on generated data (issues 23, 34).
 
     python benchmarks/scaling.py --output_dir=benchmarks/results/scaling
-    python benchmarks/scaling.py --sizes="[696k:11.7M:811k:50]" --methods="[BC,ExpRSFT,PPO]"   # Amazon-Books-shaped
+    python benchmarks/scaling.py --sizes="[696k:11.7M:811k:50]" --methods="[BC,ExpRSFT,PPO]" \
+        --config_files=properties/amazon-books.yaml --output_dir=benchmarks/results/scaling-amazon-books   # Table 5's shape
 
 For each size ``items:ratings[:users[:history]]`` of ``--sizes`` (default: a catalogue of 10k, 100k and 700k
 items at 1M ratings, and 0.1M and 5M ratings at 100k items; ``--users`` users and the HSTU window unless the
@@ -73,7 +74,14 @@ def generate(folder, name, n_users, n_items, n_ratings, seed=0):
 
 
 def peak_mb():
+    """Peak resident memory of this process (MB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpu_peak_mb():
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def worker(args):
@@ -97,13 +105,14 @@ def worker(args):
     logging.getLogger().addHandler(handler)
     rows = [{"step": "start", "seconds": 0.0, "peak_mb": peak_mb()}]
     start = time.perf_counter()
-    config, spec = build_config("BC", args.dataset, config_dict={**base, "reward_head": True})
+    files = args.config_files.split() if args.config_files else []  # e.g. a dataset's settings: its model's size
+    config, spec = build_config("BC", args.dataset, files, {**base, "reward_head": True})
     train, _, test = split_loaders(config, load_dataset(config, spec.model_class))
     train = length_grouped(config, train)
     rows.append({"step": "load", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
                  "catalogue": train._dataset.item_num - 1})
     for model in args.methods.strip("[] ").split(","):
-        config, spec = build_config(model, args.dataset, config_dict={**base, "reward_head": True})
+        config, spec = build_config(model, args.dataset, files, {**base, "reward_head": True})
         init_seed(config["seed"], config["reproducibility"])
         choices.clear()
         trainer = spec.trainer_class(config, spec.model_class(config, train._dataset).to(config["device"]))
@@ -111,7 +120,7 @@ def worker(args):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
         seconds = timed_epoch(trainer, train, args.max_batches, repeats=1)
         chosen = "; ".join(line for line in choices if line.startswith(("item table updates", "policy estimator")))
-        rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(),
+        rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(), "gpu_peak_mb": gpu_peak_mb(),
                      "timed_batches": args.max_batches or len(train), "batches_per_epoch": len(train), "chosen": chosen})
     start = time.perf_counter()
     trainer.evaluate(test, load_best_model=False)
@@ -125,7 +134,8 @@ def run_worker(args, name):
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", f"--threads={args.threads}",
                f"--data_path={args.output_dir / 'data'}", f"--dataset={name}", f"--max_batches={args.max_batches}",
-               f"--methods={args.methods}", f"--history={args.history}", f"--scratch={args.output_dir / 'scratch'}"]
+               f"--methods={args.methods}", f"--history={args.history}", f"--scratch={args.output_dir / 'scratch'}",
+               f"--config_files={' '.join(str(Path(f).resolve()) for f in args.config_files.split())}"]
     process = subprocess.run(command, env=env, capture_output=True, text=True)
     if process.returncode != 0:
         raise RuntimeError(f"worker for [{name}] failed:\n{process.stderr[-3000:]}")
@@ -191,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--methods", default=f"[{','.join(STEPS)}]", help="the methods timed, in order")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--config_files", default="",
+                        help='yaml files for every run, e.g. "properties/amazon-books.yaml" (its model size and filters, on the '
+                             "generated data)")
     parser.add_argument("--max_batches", type=int, default=0, help="0: whole epochs; N: projected from N batches")
     parser.add_argument("--output_dir", type=Path, default=Path("benchmarks/results/scaling-epochs"))
     parser.add_argument("--history", type=int, default=0, help=argparse.SUPPRESS)

@@ -67,6 +67,8 @@ SETTING_CHECKS = (
     ("reproducibility", lambda v: isinstance(v, bool), "True or False"),
     ("use_gpu", lambda v: isinstance(v, bool), "True or False"),
     ("show_progress", lambda v: isinstance(v, bool), "True or False"),
+    ("confirm_download", lambda v: isinstance(v, bool), "True or False"),
+    ("inter_num_filter", lambda v: v in ("kcore", "once"), "kcore or once"),
     ("state", lambda v: str(v).lower() in LOG_LEVELS, f"a log level ({', '.join(LOG_LEVELS)})"),
     ("worker", lambda v: is_integer(v) and v >= 0, "an integer >= 0"),
     ("nproc", lambda v: is_integer(v) and v >= 1, "an integer >= 1"),

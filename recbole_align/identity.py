@@ -31,7 +31,7 @@ RUN_KEYS = frozenset((
     "world_size", "ip", "port", "offset", "dist_backend", "catalogue_chunk_mb", "single_spec", "local_rank",
     "epoch_test_metrics", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "data_path",
     "valid_neg_sample_args", "test_neg_sample_args", "enable_amp", "metric_decimal_place",
-    "avg_reward_generations", "avg_reward_contexts", "loss_decimal_place",
+    "avg_reward_generations", "avg_reward_contexts", "loss_decimal_place", "dataset_url", "confirm_download",
 ))
 
 
@@ -40,7 +40,8 @@ RUN_KEYS = frozenset((
 # item_updates (2026-12-06): auto is dense, the one way before it, up to 500k items, and no run recorded before
 # it had a larger catalogue.
 # policy_estimator, policy_tail_samples (2026-12-06): auto is exact, the one way before, up to 100k items.
-KEYS_ADDED = {"item_updates": "auto", "policy_estimator": "auto", "policy_tail_samples": 2048}
+# inter_num_filter (2026-12-06): kcore is RecBole's filter, the one before.
+KEYS_ADDED = {"item_updates": "auto", "policy_estimator": "auto", "policy_tail_samples": 2048, "inter_num_filter": "kcore"}
 
 
 def yaml_keys_of(paths):

@@ -22,6 +22,7 @@ histories' ratings are no model's input (the backbones read item ids and timesta
 """
 
 import numpy as np
+import pandas as pd
 import torch
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
@@ -60,11 +61,34 @@ class ReadsAtomicFilesAsSaved:
             return super()._load_feat(path, source)
 
 
-class AlignDataset(ReadsAtomicFilesAsSaved, Dataset):
+class FiltersByInterNum:
+    """Mixin for a RecBole Dataset: ``inter_num_filter`` chooses how the interaction-count filters apply."""
+
+    def _filter_by_inter_num(self):
+        """RecBole's filter by ``user_inter_num_interval`` and ``item_inter_num_interval`` (``inter_num_filter:
+        kcore``: repeated until every user and item is inside its interval), or the HSTU reference's Amazon
+        preprocessing (``once``): drop the interactions of the users and items outside their intervals by
+        their counts in the raw file, once, then those of the users left outside theirs."""
+        if self.config["inter_num_filter"] != "once":
+            return super()._filter_by_inter_num()
+        intervals = {field: self._parse_intervals_str(self.config[key]) for field, key in (
+            (self.uid_field, "user_inter_num_interval"), (self.iid_field, "item_inter_num_interval"))}
+        for fields in ((self.uid_field, self.iid_field), (self.uid_field,)):
+            inter = self.inter_feat
+            keep = pd.Series(True, index=inter.index)
+            for field in (f for f in fields if intervals[f]):
+                keep &= self._within_intervals(inter[field].map(inter[field].value_counts()), intervals[field])
+            self.inter_feat.drop(inter.index[~keep], inplace=True)
+        for feat, field in ((self.user_feat, self.uid_field), (self.item_feat, self.iid_field)):
+            if feat is not None:  # the users and items no interaction is left of, as RecBole's filter drops them
+                feat.drop(feat.index[~feat[field].isin(self.inter_feat[field])], inplace=True)
+
+
+class AlignDataset(FiltersByInterNum, ReadsAtomicFilesAsSaved, Dataset):
     """RecBole's plain Dataset (every interaction, remapped, unsplit, no histories) on the same files."""
 
 
-class AlignSequentialDataset(ReadsAtomicFilesAsSaved, SequentialDataset):
+class AlignSequentialDataset(FiltersByInterNum, ReadsAtomicFilesAsSaved, SequentialDataset):
     """SequentialDataset with exact time order and optional one-sequence-per-user training, reading atomic
     files as text tools save them."""
 

@@ -10,6 +10,7 @@ from recbole.data import data_preparation
 from recbole.utils import ModelType
 
 from recbole_align.data.dataset import AlignSequentialDataset
+from recbole_align.data.download import ensure_dataset
 from recbole_align.errors import AlignError
 from recbole_align.memory import catalogue_rows
 
@@ -23,11 +24,13 @@ def load_dataset(config, model_class):
             f"recbole-align evaluates sequential recommenders on leave-one-out next-item cases; "
             f"[{config['model']}] is a {config['MODEL_TYPE'].name.lower()} RecBole model."
         )
+    ensure_dataset(config)
     inter_file = Path(config["data_path"]) / f"{config['dataset']}.inter"
     if not inter_file.is_file():
         raise AlignError(
             f"Dataset [{config['dataset']}] not found: no file [{inter_file}] (set --data_path to the "
-            f"folder that holds {config['dataset']}/{config['dataset']}.inter)."
+            f"folder that holds {config['dataset']}/{config['dataset']}.inter; it is not one of RecBole's "
+            f"downloadable datasets, and no dataset_url is set)."
         )
     try:
         dataset = AlignSequentialDataset(config, getattr(model_class, "all_position_training", False))

@@ -40,9 +40,12 @@ METHOD_TABLE = {
                    refused={"RSFT standardised": {"weight_normalization": ("sum",)},
                             "RSFT trajectory": {"weight_normalization": ("sum",)}}),
     "DRPO": Method({"drpo_keep_fraction": (0.25, 0.5)}),
-    "PPO": Method({"kl_coef": (0.01, 0.1)}, on_policy=True),
-    "DPO": Method({"dpo_beta": (0.1, 0.5)}, on_policy=True),
-    "GRPO": Method({"kl_coef": (0.01, 0.1)}, on_policy=True),
+    # "sampled": the policy, its samples and the KL over a support of candidates (policy_estimator), to validate
+    # it against the exact rows on catalogues where auto takes the exact estimator
+    "PPO": Method({"kl_coef": (0.01, 0.1)}, named_rows=(("PPO sampled", {"policy_estimator": "sampled"}),), on_policy=True),
+    "DPO": Method({"dpo_beta": (0.1, 0.5)}, named_rows=(("DPO sampled", {"policy_estimator": "sampled"}),), on_policy=True),
+    "GRPO": Method({"kl_coef": (0.01, 0.1)}, named_rows=(("GRPO sampled", {"policy_estimator": "sampled"}),),
+                   on_policy=True),
 }
 NAMED_ROWS = {label for method in METHOD_TABLE.values() for label, _ in method.named_rows}
 METHODS = ("BC", *METHOD_TABLE)  # what --methods takes (besides row labels)
