@@ -9,7 +9,8 @@ import torch
 from recbole.evaluator import Collector
 from test_data_and_evaluation import config_for, generated_frame
 
-from conftest import run_in_process, tiny, write_atomic
+from conftest import REPO, run_in_process, tiny, write_atomic
+from scipy import stats
 from recbole_align.data import load_dataset, split_loaders
 from recbole_align.evaluator import rating_filtered_loader
 from recbole_align.evaluator.cases import CaseCollector
@@ -129,3 +130,42 @@ def test_paired_bootstrap_pools_seeds_case_by_case():
     assert pooled["difference"] == pytest.approx(per_case.mean()) and pooled["seeds"] == 2
     with pytest.raises(Exception, match="same cases"):
         paired_difference([ranks([1, 2])], [ranks([1, 2], users=["x", "y"])])
+
+
+def test_seeds_are_matched_by_user_not_by_position():
+    a = [ranks([1, 2, 3, 20]), ranks([2, 1, 30, 4])]
+    b = [ranks([2, 2, 3, 20]), ranks([2, 3, 30, 4])]
+    reordered = [a[0], a[1].iloc[::-1]], [b[0], b[1].iloc[::-1]]  # a file written in another order
+    assert paired_difference(*reordered, "mrr") == paired_difference(a, b, "mrr")
+    with pytest.raises(Exception, match=r"run 2 of RSFT has other cases than run 1 of ExpRSFT"):
+        paired_difference(a, [b[0], ranks([2, 3, 30, 4], users=["u0", "u1", "u2", "other"])], "mrr", names=("ExpRSFT", "RSFT"))
+
+
+def test_the_interval_counts_the_seeds_and_is_a_t_interval():
+    from recbole_align.evaluator.paired import seed_and_case_interval
+
+    # no case-to-case variation: only the three seeds' differences, so a t interval with 2 degrees of freedom
+    differences = np.repeat(np.array([[0.01], [0.02], [0.06]]), 50, axis=1)
+    se, dof, low, high, p = seed_and_case_interval(differences)
+    t = stats.t.ppf(0.975, 2)
+    assert dof == pytest.approx(2) and se == pytest.approx(np.std([0.01, 0.02, 0.06], ddof=1) / np.sqrt(3))
+    assert (low, high) == pytest.approx((0.03 - t * se, 0.03 + t * se)) and p == pytest.approx(2 * stats.t.sf(0.03 / se, 2))
+
+
+def test_holm_adjusts_a_family_step_down():
+    from recbole_align.evaluator.paired import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.2]).tolist() == pytest.approx([0.04, 0.09, 0.09, 0.2])
+    assert holm([0.5]).tolist() == [0.5]
+
+
+def test_intervals_of_seeds_and_cases_cover_the_true_difference_and_the_case_only_ones_do_not():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("coverage", REPO / "benchmarks" / "coverage.py")
+    coverage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coverage)
+    for seeds in (3, 5):
+        result = coverage.simulate(seeds, replications=300, seed_sd=0.01, resamples=300)
+        assert 0.9 <= result["seeds and cases"] <= 0.99, (seeds, result)  # Satterthwaite's t: near 95% (3,000 runs: 94-95%)
+        assert result["case-only bootstrap"] < 0.85, (seeds, result)

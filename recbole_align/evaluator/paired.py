@@ -6,9 +6,22 @@ excluded, ties averaged; see :func:`recbole_align.quick_start.write_cases`):
     NDCG@K = 1[r <= K] / log2(r + 1),   HR@K = 1[r <= K],   MRR = 1 / r,
 
 whose means over the cases are RecBole's NDCG@K, Hit@K and the full MRR (up to ties in the scores).
-Two runs are compared by the paired bootstrap: the mean of the per-case differences, and its
-confidence interval from resampling the cases (scipy's ``bootstrap``, ``paired=True``); over several
-seeds, the per-case differences are first averaged over the seeds, so the cases are resampled once.
+
+Two methods trained with S seeds are compared on N cases through x_si, the difference of the metric at case
+i between their runs of seed s. Both the seeds and the cases are samples (another seed trains another BC
+and another post-training run; other users give other cases), so the interval of the mean difference
+counts both (:func:`seed_and_case_interval`): with d_s = mean_i x_si and x̄_i = mean_s x_si,
+
+    SE^2 = var_s(d_s) / S + var_i(x̄_i) / N,
+
+(the variance of a two-way random-effects mean; the two terms count the small residual twice, so the SE
+errs on the wide side), and a t interval with the Welch-Satterthwaite degrees of freedom, which are about
+S - 1 when the seeds dominate: with 3 seeds a seed-level t, not a normal quantile. The case-only
+bootstrap (scipy's ``bootstrap``, ``paired=True``, over x̄_i) stays beside it, as each seed's interval: it
+treats the trained models as fixed. Cases are matched by user id (one test case per user in leave-one-out)
+across methods and seeds; a mismatch is an error. The p-values of a table's comparisons are adjusted by
+Holm's step-down method (:func:`holm`), which controls the family-wise error without assuming
+independence (the comparisons share BC and the control).
 """
 
 import re
@@ -47,33 +60,69 @@ def read_cases(path, split="test", view="best", filtered=True):
     return frame
 
 
-def paired_difference(ranks_a, ranks_b, metric="ndcg@10", confidence=0.95, n_resamples=10_000, seed=0):
-    """Paired comparison of run(s) A against run(s) B on the same cases.
-
-    ``ranks_a``, ``ranks_b``: one rank Series per seed each (:func:`read_cases`), paired seed by seed;
-    each pair must hold the same cases. d_i = mean over seeds of (metric_A(i) - metric_B(i)); returns
-    {"mean_a", "mean_b": the metric's means, "difference": mean_i d_i, "relative": difference / b, "low", "high":
-    the paired bootstrap percentile interval of the difference at ``confidence``, "significant": the
-    interval excludes 0, "cases": N, "seeds": S}.
-    """
+def case_differences(ranks_a, ranks_b, metric, names=("A", "B")):
+    """The per-case differences x_si of ``metric`` [S, N] and the two sides' metrics, with every seed's cases
+    matched by user id to the first seed's of A: ``ranks_a``, ``ranks_b``: one rank Series per seed each
+    (:func:`read_cases`), paired seed by seed. ``names``: the two sides, for the error of a mismatch."""
     if len(ranks_a) != len(ranks_b) or not ranks_a:
         raise AlignError("a paired comparison needs the same number (>= 1) of runs on each side.")
-    values_a, values_b = [], []
-    for a, b in zip(ranks_a, ranks_b):
-        if not a.index.equals(b.index):
-            raise AlignError("a paired comparison needs the same cases in both runs (same data and split).")
-        values_a.append(case_metric(a.to_numpy(), metric))
-        values_b.append(case_metric(b.to_numpy(), metric))
-    mean_a, mean_b = np.mean(values_a, axis=0), np.mean(values_b, axis=0)
-    difference = mean_a - mean_b
-    interval = stats.bootstrap(
-        (difference,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
+    users = ranks_a[0].index
+    values = {0: [], 1: []}
+    for seed, pair in enumerate(zip(ranks_a, ranks_b)):
+        for side, ranks in enumerate(pair):
+            if ranks.index.has_duplicates or len(ranks.index) != len(users) or not ranks.index.isin(users).all():
+                raise AlignError(f"a paired comparison needs the same cases in every run (same data and split): run "
+                                 f"{seed + 1} of {names[side]} has other cases than run 1 of {names[0]}.")
+            values[side].append(case_metric(ranks.reindex(users).to_numpy(), metric))
+    metric_a, metric_b = np.array(values[0]), np.array(values[1])
+    return metric_a - metric_b, metric_a, metric_b
+
+
+def seed_and_case_interval(differences, confidence=0.95):
+    """(SE, degrees of freedom, low, high, two-sided p of no difference) of the mean of ``differences`` [S, N]
+    (seed s, case i), counting seed and case variation (module docstring); with one seed, the case variation only."""
+    seeds, cases = differences.shape
+    seed_part = differences.mean(1).var(ddof=1) / seeds if seeds > 1 else 0.0
+    case_part = differences.mean(0).var(ddof=1) / cases
+    variance = seed_part + case_part
+    mean = differences.mean()
+    if variance == 0:  # every case and seed the same difference
+        return 0.0, np.inf, mean, mean, 1.0 if mean == 0 else 0.0
+    dof = variance**2 / ((seed_part**2 / (seeds - 1) if seeds > 1 else 0.0) + case_part**2 / (cases - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * np.sqrt(variance)
+    p_value = 2 * stats.t.sf(abs(mean) / np.sqrt(variance), dof)
+    return float(np.sqrt(variance)), float(dof), mean - half, mean + half, float(p_value)
+
+
+def paired_difference(ranks_a, ranks_b, metric="ndcg@10", confidence=0.95, n_resamples=10_000, seed=0, names=("A", "B")):
+    """Paired comparison of run(s) A against run(s) B on the same cases (module docstring).
+
+    Returns {"mean_a", "mean_b": the metric's means, "difference": the mean of x_si, "relative": difference / b,
+    "low", "high", "se", "dof", "p": the interval counting seeds and cases (:func:`seed_and_case_interval`),
+    "significant": it excludes 0, "case_low", "case_high": the case-only paired bootstrap percentile interval,
+    "cases": N, "seeds": S}."""
+    differences, metric_a, metric_b = case_differences(ranks_a, ranks_b, metric, names)
+    se, dof, low, high, p_value = seed_and_case_interval(differences, confidence)
+    case_interval = stats.bootstrap(
+        (differences.mean(0),), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile",
         random_state=np.random.default_rng(seed),
     ).confidence_interval
-    base = mean_b.mean()
+    base = metric_b.mean()
+    difference = differences.mean()
     return {
-        "mean_a": mean_a.mean(), "mean_b": base, "difference": difference.mean(),
-        "relative": difference.mean() / base if base else np.nan,
-        "low": interval.low, "high": interval.high, "significant": bool(interval.low > 0 or interval.high < 0),
-        "cases": len(difference), "seeds": len(values_a),
+        "mean_a": metric_a.mean(), "mean_b": base, "difference": difference,
+        "relative": difference / base if base else np.nan, "low": low, "high": high, "se": se, "dof": dof, "p": p_value,
+        "significant": bool(low > 0 or high < 0), "case_low": case_interval.low, "case_high": case_interval.high,
+        "cases": differences.shape[1], "seeds": differences.shape[0],
     }
+
+
+def holm(p_values):
+    """Holm's step-down adjustment of a family of p-values: the k-th smallest becomes max_{j<=k} min(1, (m - j + 1) p_(j)),
+    in the given order."""
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values)
+    adjusted = np.minimum(1.0, np.maximum.accumulate((len(p_values) - np.arange(len(p_values))) * p_values[order]))
+    result = np.empty_like(adjusted)
+    result[order] = adjusted
+    return result

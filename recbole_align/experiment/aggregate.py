@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from recbole_align.data import EVAL_SPLITS
-from recbole_align.evaluator.paired import paired_difference, read_cases
+from recbole_align.errors import AlignError
+from recbole_align.evaluator.paired import holm, paired_difference, read_cases
 from recbole_align.experiment.methods import NAMED_ROWS, all_rows, grid
 from recbole_align.report import COLUMNS, COST_KEYS, markdown_table
 
@@ -139,13 +140,20 @@ def comparisons(runs, labels):
 
 
 def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
-    """(markdown, records) of the paired bootstrap comparisons (:func:`comparisons`) on the rating-filtered
-    test cases at ``view`` (``final`` or ``best``; BC always at its best epoch, the starting checkpoint):
-    the difference of the seeds' mean per case and its 95% interval, pooled over the seeds that both
-    rows finished, and per seed; None when no run wrote per-case results."""
-    cases = {(r.label, r.seed): r.results.get("cases_file") for r in runs if r.results is not None}
-    cases = {key: path for key, path in cases.items() if path and Path(path).is_file()}
-    rows, records = [], []
+    """(markdown, records) of the paired comparisons (:func:`comparisons`) on the rating-filtered test cases at
+    ``view`` (``final`` or ``best``; BC always at its best epoch, the starting checkpoint), pooled over the seeds
+    that both rows finished: the difference in points (x 100) and in % of B, its 95% interval counting seeds and
+    cases, its p-value raw and Holm-adjusted over the table (bold: significant after adjustment), the case-only
+    bootstrap interval, and each seed's; None when no run finished. A finished run without its per-case results
+    is an error that names it."""
+    cases = {}
+    for run in (r for r in runs if r.results is not None and r.label in labels):
+        path = run.results.get("cases_file")
+        if not path or not Path(path).is_file():
+            raise AlignError(f"{run.label} seed {run.seed} has no per-case results ({path or 'none recorded'}; "
+                             f"{run.results_file}): train it again to compare it.")
+        cases[run.label, run.seed] = path
+    results = []
     for a, b in comparisons(runs, labels):
         seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
         if not seeds:
@@ -153,17 +161,25 @@ def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
         ranks = {label: [read_cases(cases[label, seed], view="best" if label == "BC" else view) for seed in seeds]
                  for label in (a, b)}
         for metric in metrics:
-            pooled = paired_difference(ranks[a], ranks[b], metric)
-            per_seed = [paired_difference([x], [y], metric) for x, y in zip(ranks[a], ranks[b])]
-            records += [{"a": a, "b": b, "metric": metric, "seed": seed, **result}
-                        for seed, result in [("pooled", pooled), *zip(seeds, per_seed)]]
-            rows.append({
-                "A vs B": f"{a} vs {b}", "metric": metric, "A": f"{pooled['mean_a']:.4f}", "B": f"{pooled['mean_b']:.4f}",
-                "difference": f"{pooled['difference']:+.4f} ({100 * pooled['relative']:+.1f}%)",
-                "95% CI": f"[{pooled['low']:+.4f}, {pooled['high']:+.4f}]" + (" *" if pooled["significant"] else ""),
-                "per seed": "; ".join(f"{r['difference']:+.4f} [{r['low']:+.4f}, {r['high']:+.4f}]" + (" *" if r["significant"] else "")
-                                      for r in per_seed),
-            })
-    if not rows:
+            pooled = paired_difference(ranks[a], ranks[b], metric, names=(a, b))
+            per_seed = [paired_difference([x], [y], metric, names=(a, b)) for x, y in zip(ranks[a], ranks[b])]
+            results.append((a, b, metric, seeds, pooled, per_seed))
+    if not results:
         return None
+    adjusted = holm([pooled["p"] for *_, pooled, _ in results])
+    rows, records = [], []
+    for (a, b, metric, seeds, pooled, per_seed), p_holm in zip(results, adjusted):
+        pooled = {**pooled, "p_holm": p_holm, "significant_holm": bool(p_holm < 0.05)}
+        records += [{"a": a, "b": b, "metric": metric, "seed": seed, **result}
+                    for seed, result in [("pooled", pooled), *zip(seeds, per_seed)]]
+        bold = "**" if pooled["significant_holm"] else ""
+        rows.append({
+            "A vs B": f"{bold}{a} vs {b}{bold}", "metric": metric, "A": f"{pooled['mean_a']:.4f}", "B": f"{pooled['mean_b']:.4f}",
+            "difference, points (%)": f"{bold}{100 * pooled['difference']:+.2f} ({100 * pooled['relative']:+.1f}%){bold}",
+            "95% CI, points (seeds and cases)": f"[{100 * pooled['low']:+.2f}, {100 * pooled['high']:+.2f}]",
+            "p": f"{pooled['p']:.3g}", "p (Holm)": f"{p_holm:.3g}",
+            "case-only 95% CI": f"[{100 * pooled['case_low']:+.2f}, {100 * pooled['case_high']:+.2f}]",
+            "per seed, points [case-only CI]": "; ".join(
+                f"{100 * r['difference']:+.2f} [{100 * r['case_low']:+.2f}, {100 * r['case_high']:+.2f}]" for r in per_seed),
+        })
     return pd.DataFrame(rows).to_markdown(index=False), records

@@ -179,9 +179,12 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         if paired is None:
             continue
         parts += [f"## Paired differences at {title} (rating-filtered test cases)",
-                  f"The paired bootstrap over the {sample['n_test_filtered']} cases (10,000 resamples; per case, the "
-                  f"difference averaged over the seeds both rows finished): mean difference A - B, % of B, and its 95% "
-                  f"interval; * marks an interval that excludes 0. BC at its best epoch, the starting checkpoint.",
+                  f"A - B on the {sample['n_test_filtered']} cases, pooled over the seeds both rows finished, in points "
+                  f"(x 100) and % of B; its 95% interval counts both the seeds and the cases (a t interval on "
+                  f"var_seeds/S + var_cases/N, Welch-Satterthwaite degrees of freedom: evaluator/paired.py) and its "
+                  f"p-value is given raw and Holm-adjusted over this table's comparisons; **bold**: significant after "
+                  f"adjustment. The case-only bootstrap interval (10,000 resamples; the trained models taken as fixed) "
+                  f"and each seed's difference are beside it. BC at its best epoch, the starting checkpoint.",
                   paired[0]]
         write_records(output_dir / f"paired_{view}.csv", paired[1])
     costs = aggregate(runs, "test_filtered")
