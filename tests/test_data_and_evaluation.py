@@ -323,3 +323,50 @@ def test_atomic_files_that_cannot_be_read_fail_in_one_line_naming_the_file(tmp_p
     with pytest.raises(AlignError) as error:
         load_dataset(config, spec.model_class)
     assert f"Atomic file [{shaped / 'gen' / 'gen.inter'}]" in str(error.value) and message in str(error.value)
+
+
+def atomic_tables(data_path, separator, reader_patched):
+    """The .inter and .item frames of ``gen`` as AlignDataset reads them, with pandas' C parser (the
+    compat fix) or with RecBole's own python parser."""
+    import contextlib
+    from unittest import mock
+
+    import recbole_align.data.dataset as dataset_module
+
+    config, _ = config_for("HSTU", "gen", data_path, field_separator=separator, seq_separator=" ",
+                           load_col={"inter": ["user_id", "item_id", "rating", "timestamp"], "item": ["item_id", "title", "tags", "scores"]})
+    parser = contextlib.nullcontext() if reader_patched else mock.patch.object(dataset_module, "c_csv_parser", contextlib.nullcontext)
+    with parser:
+        dataset = AlignDataset(config)
+    return dataset.inter_feat, dataset.item_feat, dataset.field2id_token
+
+
+@pytest.mark.parametrize("separator", ["\t", ",", "::"])
+def test_the_c_parser_reads_atomic_files_as_recboles_python_parser(tmp_path, separator):
+    """Leading zeros, spaces and non-ASCII in tokens, sequences, scientific and missing floats: the same frames
+    (a separator of two characters keeps the python parser, the only one that takes it)."""
+    frame = generated_frame()
+    frame["item_id:token"] = frame["item_id:token"].map(lambda item: f"{item:04d}")
+    frame.loc[3, "rating:float"] = np.nan
+    frame.loc[4, "timestamp:float"] = 1.0e9
+    items = sorted(frame["item_id:token"].unique())
+    item_frame = pd.DataFrame({"item_id:token": items,
+                               "title:token": [f"Café {i} part" if i % 3 else f"n{i}" for i in range(len(items))],
+                               "tags:token_seq": [" ".join(f"t{j}" for j in range(i % 4)) for i in range(len(items))],
+                               "scores:float_seq": [" ".join(f"{j * 0.5:g}" for j in range(i % 3 + 1)) for i in range(len(items))]})
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    for table, suffix in ((frame, "inter"), (item_frame, "item")):
+        lines = [separator.join(table.columns)] + [separator.join("" if pd.isna(v) else str(v) for v in row)
+                                                   for row in table.itertuples(index=False)]
+        (folder / f"gen.{suffix}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (c_inter, c_item, c_tokens), (python_inter, python_item, python_tokens) = (
+        atomic_tables(tmp_path, separator, patched) for patched in (True, False))
+    assert c_tokens.keys() == python_tokens.keys() and all(np.array_equal(c_tokens[f], python_tokens[f]) for f in c_tokens)
+    assert "0004" in c_tokens["item_id"] and "Café 1 part" in c_tokens["title"]
+    for ours, recboles in ((c_inter, python_inter), (c_item, python_item)):
+        assert list(ours.columns) == list(recboles.columns) and len(ours) == len(recboles) > 0
+        for column in ours.columns:
+            assert ours[column].dtype == recboles[column].dtype, column
+            assert all(np.array_equal(a, b, equal_nan=a.dtype.kind == "f") for a, b in zip(ours[column], recboles[column])) \
+                if ours[column].dtype == object else ours[column].equals(recboles[column]), column

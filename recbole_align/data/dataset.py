@@ -27,6 +27,7 @@ import torch
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
 
+from recbole_align.compat import c_csv_parser
 from recbole_align.data.atomic import readable_atomic_file
 
 NOISE_SEED_OFFSET = 7919  # the noise generator's seed is config["seed"] + this, apart from the run's other draws (ours)
@@ -57,7 +58,7 @@ class ReadsAtomicFilesAsSaved:
     """A RecBole dataset mixin: atomic files read as text tools save them (:mod:`recbole_align.data.atomic`)."""
 
     def _load_feat(self, filepath, source):
-        with readable_atomic_file(filepath, self.config["field_separator"], self.config["encoding"]) as path:
+        with readable_atomic_file(filepath, self.config["field_separator"], self.config["encoding"]) as path, c_csv_parser():
             return super()._load_feat(path, source)
 
 
