@@ -12,7 +12,8 @@ a 0-epoch run), and every post-training method starts from that checkpoint and t
 budget of ``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0,
 1]-rescaled ratings; ``--sweep_lambda`` adds an Exp-RSFT row per λ. With ``--tune``, every
 post-training row first gets the same grid of 8 trials on the first seed (SHARED_GRID x its
-method's key in METHOD_TABLE; without the values a row's trainer refuses), chosen on the filtered valid NDCG@10, and every seed then runs at the choice. The
+method's key in METHOD_TABLE; without the values a row's trainer refuses), chosen on the filtered valid NDCG@10, and every seed then runs at the choice;
+``--tuned_from`` takes the choice of another benchmark's tuning.csv instead (another dataset's, untuned here). The
 RecBole baselines train with RecBole's own pipeline for at most ``--baseline_epochs`` epochs. Every
 run is a process of ``python -m recbole_align`` whose results JSON (and log) is kept under
 ``--output_dir``, named ``<run>-seed<seed>-<hash>.json`` where the hash covers the run's model,
@@ -48,7 +49,7 @@ from recbole_align.checks import is_number
 from recbole_align.cli import exit_on_error, parse_command_line
 from recbole_align.config import command_line_overrides, configured_value
 from recbole_align.errors import AlignError
-from recbole_align.experiment.aggregate import tuning_choice
+from recbole_align.experiment.aggregate import chosen_in, tuning_choice
 from recbole_align.experiment.jobs import execute_all
 from recbole_align.experiment.methods import BASELINES, METHODS, all_rows, grid, method_rows
 from recbole_align.experiment.plan import given_bc, plan, tuning_plan
@@ -148,7 +149,13 @@ def run_benchmark(args, user_args):
         fixed.add("reward_lambda")
     if noise_levels:
         fixed.add("reward_noise_std")
-    if args.tune:
+    if args.tune and args.tuned_from:
+        raise AlignError("--tune tunes here and --tuned_from takes another benchmark's choice: give one of them.")
+    given_choice = None
+    if args.tuned_from:
+        rows = [label for label, _, _ in method_rows(methods)]
+        given_choice = {label: settings for label, settings in chosen_in(args.tuned_from).items() if label in rows}
+    if args.tune or given_choice:
         fixed |= {key for label, _, _ in method_rows(methods) for key in grid(label)[0]}
     if fixed & set(overrides):
         raise AlignError(f"the benchmark sets {sorted(fixed & set(overrides))} itself (use --seeds, --backbone ...).")
@@ -169,7 +176,7 @@ def run_benchmark(args, user_args):
         given = given_bc(args.pretrained_checkpoint, [*methods, *(["ExpRSFT"] if lambdas else [])])
 
     with folder_lock(output_dir):  # held while this invocation runs and writes its outputs
-        start, tuning, chosen = time(), None, None
+        start, tuning, chosen = time(), None, given_choice
         if args.tune:
             trials = tuning_plan(seeds[0], methods, args.backbone, args.bc_epochs, args.epochs, given)
             execute_all(trials, baselines, args.dataset, output_dir, config_files, user_args, "tuning ", args.jobs,
@@ -182,7 +189,7 @@ def run_benchmark(args, user_args):
                     reuse_older=args.reuse_older_runs)  # tuning's: reused
         labels = ["BC", *(label for label, _, _ in method_rows(methods)), *baselines]
         return write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, time() - start, tuning,
-                             noise_levels)
+                             noise_levels, given_choice)
 
 
 @exit_on_error
@@ -202,6 +209,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=30, help="post-training epochs, a fixed budget (the paper's 30)")
     parser.add_argument("--tune", action="store_true",
                         help="first tune every method on the first seed (8 trials a row), then run all seeds at the choice")
+    parser.add_argument("--tuned_from", default=None,
+                        help="another benchmark's tuning.csv: every row runs at the choice made there (no tuning here), "
+                             "e.g. one dataset's choices on another")
     parser.add_argument("--sweep_lambda", default=None, help='Exp-RSFT λ values for Figure 3, e.g. "[0.25,0.5,1,2]"')
     parser.add_argument("--noise_sweep", default=None,
                         help='noise stds σ, e.g. "[0,0.5,1,2]": Exp-RSFT at every --sweep_lambda λ, RSFT and DRPO at each σ, '

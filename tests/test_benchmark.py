@@ -364,3 +364,42 @@ def test_parallel_jobs_run_every_bc_before_the_methods_that_start_from_it(monkey
     jobs.execute_all(runs, [], "ml-100k", tmp_path, [], [], jobs=3)
     assert sorted(label for label, _, _ in started[:2]) == ["BC", "BC"] and len(started) == len(runs) == 6
     assert all(checkpoint == f"bc-{seed}.pth" for label, seed, checkpoint in started if label != "BC")
+
+
+def test_tuned_from_runs_every_row_at_another_benchmarks_choice(monkeypatch, tmp_path, capsys):
+    """The tuning.csv that --tune writes, read back as the same typed choice; the runs carry it, the table says
+    where it came from, and a bad file or --tune beside it fail in one line before any run."""
+    from recbole_align import benchmark
+    from recbole_align.experiment.aggregate import chosen_in, tuning_choice, tuning_table
+    from recbole_align.experiment.plan import tuning_plan
+    from recbole_align.experiment.tables import given_choice_section
+    from recbole_align.report import write_table
+
+    trials = tuning_plan(2020, ["BC", "ExpRSFT", "RSFT"], "HSTU", 2, 3)
+    for index, trial in enumerate(trials[1:]):
+        trial.results = {"valid_filtered": {"ndcg@10": (index * 7 % 11) / 100}, "best_epoch": 1, "epoch_log": []}
+    chosen = tuning_choice(trials)
+    _, header, rows = tuning_table(trials, chosen)
+    write_table(tmp_path / "tuning.csv", header, rows)
+    assert chosen_in(tmp_path / "tuning.csv") == chosen and isinstance(chosen["ExpRSFT"]["learning_rate"], float)
+
+    planned, written = [], {}
+    monkeypatch.setattr(benchmark, "execute_all", lambda runs, *args, **kwargs: planned.extend(runs))
+    monkeypatch.setattr(benchmark, "write_outputs", lambda *args: written.update(given=args[-1]) or "table")
+    benchmark.main([f"--output_dir={tmp_path / 'out'}", "--baselines=[]", "--methods=[BC,ExpRSFT,DRPO]",
+                    f"--tuned_from={tmp_path / 'tuning.csv'}"])
+    exp = [r for r in planned if r.label == "ExpRSFT"]
+    assert exp and all({k: r.settings[k] for k in chosen["ExpRSFT"]} == chosen["ExpRSFT"] for r in exp)
+    assert written["given"] == {"ExpRSFT": chosen["ExpRSFT"]}  # DRPO: no choice there, its defaults
+    section = given_choice_section(["ExpRSFT", "DRPO"], written["given"], "t.csv")
+    assert section[0].endswith("(`--tuned_from t.csv`; no tuning here)")
+    assert section[1].splitlines() == [f"- ExpRSFT: {', '.join(f'{k}={v}' for k, v in chosen['ExpRSFT'].items())}",
+                                       "- DRPO: no choice there, its yaml defaults"]
+    (tmp_path / "empty.csv").write_text(",".join(header) + "\n")
+    for args, message in ((["--tune"], "give one of them"), ([], "marks no trial as chosen")):
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main([f"--output_dir={tmp_path / 'bad'}", "--baselines=[]", f"--tuned_from={tmp_path / 'empty.csv'}", *args])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main([f"--output_dir={tmp_path / 'bad'}", "--baselines=[]", f"--tuned_from={tmp_path / 'none.csv'}"])
+    assert "is not a benchmark's tuning.csv" in capsys.readouterr().err and not (tmp_path / "bad").exists()

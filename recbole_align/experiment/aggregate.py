@@ -25,6 +25,22 @@ def tuning_choice(trials):
     return chosen
 
 
+def chosen_in(tuning_csv):
+    """{label: settings} of the trials marked chosen in ``tuning_csv`` (the tuning.csv of another benchmark,
+    as :func:`tuning_table` writes it), each value typed as RecBole types its command line."""
+    from recbole.config import Config
+
+    try:
+        table = pd.read_csv(tuning_csv, dtype=str, keep_default_na=False)
+        chosen_rows = table[table["chosen"] == "yes"]
+        pairs = {row["Method"]: dict(part.split("=", 1) for part in row["trial"].split(", ")) for _, row in chosen_rows.iterrows()}
+    except (OSError, KeyError, ValueError, pd.errors.ParserError) as error:
+        raise AlignError(f"--tuned_from [{tuning_csv}] is not a benchmark's tuning.csv ({error}).") from None
+    if not pairs:
+        raise AlignError(f"--tuned_from [{tuning_csv}] marks no trial as chosen.")
+    return {label: Config._convert_config_dict(None, settings) for label, settings in pairs.items()}
+
+
 def tuning_table(trials, chosen):
     """(markdown, csv header, csv rows): every trial's settings and filtered valid NDCG@10 at its
     best and its final epoch, the chosen one marked."""

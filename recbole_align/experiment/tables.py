@@ -126,9 +126,18 @@ def older_runs_note(runs):
             f"were, where recorded). Rows: {rows}. `runs.csv` marks each (`record`)."]
 
 
+def given_choice_section(rows, given_choice, tuning_csv):
+    """table.md's account of ``--tuned_from``: each post-training row's settings from ``tuning_csv``, or its
+    yaml defaults where that benchmark chose none for it."""
+    lines = [f"- {label}: " + (", ".join(f"{k}={v}" for k, v in given_choice[label].items()) if label in given_choice
+                               else "no choice there, its yaml defaults") for label in rows]
+    return [f"## Settings tuned on another benchmark (`--tuned_from {tuning_csv}`; no tuning here)", "\n".join(lines)]
+
+
 def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, wall_seconds, tuning=None,
-                  noise_levels=()):
-    """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen)."""
+                  noise_levels=(), given_choice=None):
+    """table.md, the CSV files and the plots from the finished runs; ``tuning``: (trials, chosen);
+    ``given_choice``: {label: settings} taken from ``args.tuned_from``."""
     best = table3(runs, "test_filtered", "best", labels)
     if not best:
         raise AlignError("no run finished: nothing to tabulate (see the logs under runs/).")
@@ -226,6 +235,9 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
                   f"chosen on the filtered valid NDCG@10 at the best epoch)", markdown]
         if untuned:
             parts.append(f"No trial finished for {', '.join(untuned)}: those rows ran at their yaml defaults.")
+    if given_choice is not None:
+        parts += given_choice_section([label for label in labels if label != "BC" and label not in baselines],
+                                      given_choice, args.tuned_from)
     failed = [f"- {r.label}, seed {r.seed}{tag}: {r.error}"
               for group, tag in ((trials, " (tuning trial)"), (runs, "")) for r in group if r.error]
     if failed:
