@@ -194,6 +194,7 @@ def test_methods_take_a_method_or_one_row_and_bc_trains_to_its_plateau_or_its_bu
 
     assert [label for label, _, _ in method_rows(["BC", "RSFT", "ExpRSFT"])] == [
         "RSFT", "RSFT rescaled", "RSFT standardised", "ExpRSFT"]
+    assert [label for label, _, _ in method_rows(["RSFT", "RSFT rescaled"])] == ["RSFT", "RSFT rescaled", "RSFT standardised"]
     rows = method_rows(["RSFT standardised", "ExpRSFT trajectory", "RSFT trajectory"])
     assert rows == [("RSFT standardised", "RSFT", {"standardize_rewards": True}),
                     ("ExpRSFT trajectory", "ExpRSFT", {"reward_scope": "trajectory"}),

@@ -62,8 +62,9 @@ def method_rows(methods):
     """(label, model, settings) of the post-training rows of ``methods``: a method's name gives all its
     rows (RSFT on raw, [0, 1]-rescaled and standardised ratings), a row's label that row alone."""
     rows = all_rows()
-    return [rows[label] for m in methods if m != "BC"
-            for label in ([label for label, _ in METHOD_TABLE[m].rows or ((m, {}),)] if m in METHOD_TABLE else [m])]
+    labels = [label for m in methods if m != "BC"
+              for label in ([label for label, _ in METHOD_TABLE[m].rows or ((m, {}),)] if m in METHOD_TABLE else [m])]
+    return [rows[label] for label in dict.fromkeys(labels)]  # a row named twice (RSFT and RSFT rescaled) once
 
 
 def grid(label):
