@@ -204,3 +204,29 @@ def plot_noise_sweep(curves, against_noise, path, title, baseline=None):
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(plt, fig, path)
+
+
+def plot_rating_breakdown(records, path, title):
+    """Each row's difference from BC in NDCG@10 points (bars, with their 95% intervals counting seeds and cases)
+    on the test cases of each rating of the held-out item, one panel per view. ``records``: {view title:
+    :func:`~recbole_align.experiment.aggregate.rating_breakdown`'s records}."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(records), figsize=(5.5 * len(records), 4.2), sharey=True, squeeze=False)
+    for ax, (view, rows) in zip(axes[0], records.items()):
+        frame = pd.DataFrame(rows)
+        ratings, labels = sorted(frame.rating.unique()), list(dict.fromkeys(frame.row))
+        width = 0.8 / len(labels)
+        for k, label in enumerate(labels):
+            part = frame[frame.row == label].set_index("rating").reindex(ratings)
+            x = np.arange(len(ratings)) + (k - (len(labels) - 1) / 2) * width
+            error = [100 * (part.difference - part.low), 100 * (part.high - part.difference)]
+            ax.bar(x, 100 * part.difference, width, yerr=error, capsize=2, label=label)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xticks(np.arange(len(ratings)), [f"{r:g}\n({int(frame[frame.rating == r].cases.iloc[0])})" for r in ratings])
+        ax.set_xlabel("rating of the held-out item (cases)")
+        ax.set_title(view)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("difference from BC, NDCG@10 points")
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(plt, fig, path)

@@ -263,6 +263,7 @@ def test_each_row_is_compared_with_bc_its_own_control_and_its_method():
     exact = pairs(["BC", "ContinuedBC", "ContinuedBC exact", "ExpRSFT", "ExpRSFT exact"])
     assert exact == {("ContinuedBC", "BC"), ("ContinuedBC exact", "BC"), ("ExpRSFT", "BC"), ("ExpRSFT exact", "BC"),
                      ("ExpRSFT", "ContinuedBC"), ("ExpRSFT exact", "ContinuedBC exact"),  # the control of the same loss
+                     ("ExpRSFT", "ContinuedBC exact"), ("ExpRSFT exact", "ContinuedBC"),  # and the other control
                      ("ContinuedBC exact", "ContinuedBC"), ("ExpRSFT exact", "ExpRSFT")}  # a named row vs its method
     paper = pairs(["BC", "ContinuedBC", "ExpRSFT", "RSFT", "RSFT rescaled"])
     assert paper == {("ContinuedBC", "BC"), ("ExpRSFT", "BC"), ("RSFT", "BC"), ("RSFT rescaled", "BC"),
@@ -270,10 +271,12 @@ def test_each_row_is_compared_with_bc_its_own_control_and_its_method():
                      ("ExpRSFT", "RSFT"), ("ExpRSFT", "RSFT rescaled")}
     assert pairs(["BC", "ExpRSFT trajectory", "RSFT trajectory"]) == {
         ("ExpRSFT trajectory", "BC"), ("RSFT trajectory", "BC"), ("ExpRSFT trajectory", "RSFT trajectory")}
-    # no control of the other loss, no Exp-RSFT vs RSFT across losses or scopes; a baseline is compared with BC
+    # no Exp-RSFT vs RSFT across losses or scopes; a row without a control of its own loss meets the other's;
+    # a baseline is compared with BC and the control
     assert pairs(["BC", "ContinuedBC", "ExpRSFT exact", "RSFT", "ExpRSFT trajectory", "SASRec"]) == {
         ("ContinuedBC", "BC"), ("ExpRSFT exact", "BC"), ("RSFT", "BC"), ("ExpRSFT trajectory", "BC"),
-        ("SASRec", "BC"), ("RSFT", "ContinuedBC"), ("ExpRSFT trajectory", "ContinuedBC"), ("SASRec", "ContinuedBC")}
+        ("SASRec", "BC"), ("RSFT", "ContinuedBC"), ("ExpRSFT trajectory", "ContinuedBC"), ("SASRec", "ContinuedBC"),
+        ("ExpRSFT exact", "ContinuedBC")}
 
 
 def test_final_epoch_view_reads_the_last_logged_epoch():

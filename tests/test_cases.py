@@ -169,3 +169,40 @@ def test_intervals_of_seeds_and_cases_cover_the_true_difference_and_the_case_onl
         result = coverage.simulate(seeds, replications=300, seed_sd=0.01, resamples=300)
         assert 0.9 <= result["seeds and cases"] <= 0.99, (seeds, result)  # Satterthwaite's t: near 95% (3,000 runs: 94-95%)
         assert result["case-only bootstrap"] < 0.85, (seeds, result)
+
+
+def test_the_trade_off_tables_count_all_cases_and_break_the_difference_down_by_rating(tmp_path):
+    """Hand-made cases: X ranks the 5-star targets first where BC ranks them 3rd, and the 1-star ones 20th where
+    BC ranks them 1st; the other ratings alike. The breakdown finds the gain at 5, the loss at 1, nothing
+    elsewhere; the all-cases table pools them; the filtered one sees the 5-star cases only."""
+    from recbole_align.experiment.aggregate import paired_tables, rating_breakdown
+    from recbole_align.experiment.plan import Run
+
+    rng = np.random.default_rng(0)
+    users = np.array([f"u{i}" for i in range(300)])
+    ratings = np.repeat([1.0, 3.0, 5.0], 100)
+    runs = []
+    for seed in (1, 2):
+        bc_rank = np.where(ratings == 5, 3.0, np.where(ratings == 1, 1.0, rng.integers(1, 30, 300).astype(float)))
+        x_rank = np.where(ratings == 5, 1.0, np.where(ratings == 1, 20.0, bc_rank))
+        x_rank = x_rank + (ratings == 3) * rng.choice([0.0, 0.0, 1.0], 300)  # noise where neither is meant to move
+        for label, rank in (("BC", bc_rank), ("ExpRSFT", x_rank)):
+            path = tmp_path / f"{label}-{seed}.cases.npz"
+            order = rng.permutation(300)  # every file in its own order: matched by user
+            np.savez(path, test_user_id=users[order], test_rating=ratings[order], test_rank=rank[order],
+                     test_rank_final=rank[order], test_keep=(ratings >= 4.5)[order])
+            runs.append(Run(label, label, seed, {}, results={"cases_file": str(path)}))
+    markdown, records = rating_breakdown(runs, ["BC", "ExpRSFT"], "final")
+    by_rating = {r["rating"]: r for r in records}
+    assert set(by_rating) == {1.0, 3.0, 5.0} and all(r["cases"] == 100 and r["seeds"] == 2 for r in records)
+    assert by_rating[5.0]["difference"] == pytest.approx(1 - 1 / np.log2(4)) and by_rating[5.0]["significant_holm"]
+    assert by_rating[1.0]["difference"] == pytest.approx(-1.0) and by_rating[1.0]["significant_holm"]
+    assert not by_rating[3.0]["significant_holm"] and by_rating[3.0]["low"] < by_rating[3.0]["difference"] <= 0
+    assert "| cases" in markdown and "**-100.00**" in markdown
+    pooled = {(r["a"], r["metric"]): r for r in paired_tables(runs, ["BC", "ExpRSFT"], "final", filtered=False)[1]
+              if r["seed"] == "pooled"}
+    assert pooled["ExpRSFT", "ndcg@10"]["cases"] == 300
+    assert pooled["ExpRSFT", "ndcg@10"]["difference"] == pytest.approx(
+        np.mean([by_rating[r]["difference"] for r in (1.0, 3.0, 5.0)]))
+    filtered = [r for r in paired_tables(runs, ["BC", "ExpRSFT"], "final")[1] if r["seed"] == "pooled"]
+    assert filtered[0]["cases"] == 100 and filtered[0]["difference"] == pytest.approx(by_rating[5.0]["difference"])

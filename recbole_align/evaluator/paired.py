@@ -48,16 +48,24 @@ def case_metric(rank, metric):
     return np.where(rank <= cutoff, 1.0 / np.log2(rank + 1.0), 0.0)
 
 
-def read_cases(path, split="test", view="best", filtered=True):
+def read_cases(path, split="test", view="best", filtered=True, rating=None):
     """The ranks of a run's cases of ``split`` (``valid`` or ``test``) as a Series indexed by user id:
     those of the best checkpoint (``view="best"``) or of the model at the end of training
-    (``"final"``), all cases or only the rating-filtered ones."""
+    (``"final"``), all cases or only the rating-filtered ones; with ``rating``, only (of those) the cases
+    whose held-out item was rated ``rating``."""
     with np.load(Path(path)) as cases:
         rank = cases[f"{split}_rank" if view == "best" else f"{split}_rank_final"]
         frame = pd.Series(rank, index=pd.Index(cases[f"{split}_user_id"], name="user_id"), name="rank")
-        if filtered:
-            frame = frame[cases[f"{split}_keep"]]
-    return frame
+        keep = cases[f"{split}_keep"] if filtered else np.ones(len(rank), dtype=bool)
+        if rating is not None:
+            keep = keep & (cases[f"{split}_rating"] == rating)
+    return frame[keep]
+
+
+def case_ratings(path, split="test"):
+    """The distinct ratings of the held-out items of a run's cases of ``split``, ascending."""
+    with np.load(Path(path)) as cases:
+        return [float(r) for r in np.unique(cases[f"{split}_rating"])]
 
 
 def case_differences(ranks_a, ranks_b, metric, names=("A", "B")):

@@ -8,7 +8,7 @@ import pandas as pd
 
 from recbole_align.data import EVAL_SPLITS
 from recbole_align.errors import AlignError
-from recbole_align.evaluator.paired import holm, paired_difference, read_cases
+from recbole_align.evaluator.paired import case_ratings, holm, paired_difference, read_cases
 from recbole_align.experiment.methods import NAMED_ROWS, all_rows, grid
 from recbole_align.report import COLUMNS, COST_KEYS, markdown_table
 
@@ -134,20 +134,18 @@ def table3(runs, split, view, labels):
 
 def comparisons(runs, labels):
     """The paired comparisons (A, B) of the rows ``labels``: every post-training row against BC and against
-    its "more training" control (the ContinuedBC row trained with the row's own settings, e.g. ``ContinuedBC
-    exact`` for ``ExpRSFT exact``; ContinuedBC for a row that has no such control, e.g. ``RSFT rescaled``),
-    every named row against its method's own row (ExpRSFT exact vs ExpRSFT), and every Exp-RSFT row against
-    every RSFT row of the same ``loss_type`` and ``reward_scope`` (the rows' models in ``runs``)."""
+    every "more training" control in the table (the ContinuedBC rows: the one trained with the row's own
+    settings, e.g. ``ContinuedBC exact`` for ``ExpRSFT exact``, and the others, e.g. the strongest control
+    for the sampled row), every named row against its method's own row (ExpRSFT exact vs ExpRSFT), and every
+    Exp-RSFT row against every RSFT row of the same ``loss_type`` and ``reward_scope`` (the rows' models in
+    ``runs``)."""
     model = {run.label: run.model for run in runs}
     rows = all_rows()
     settings = {label: rows[label][2] if label in rows else {} for label in labels}
     post = [label for label in labels if label != "BC"]
+    controls = [label for label in post if model.get(label) == "ContinuedBC"]
     pairs = [(label, "BC") for label in post]
-    for label in (label for label in post if model.get(label) != "ContinuedBC"):
-        own = [c for c, (_, m, s) in rows.items() if m == "ContinuedBC" and s == settings[label]]
-        control = own[0] if own else "ContinuedBC"
-        if control in labels:
-            pairs.append((label, control))
+    pairs += [(label, control) for label in post if model.get(label) != "ContinuedBC" for control in controls]
     pairs += [(label, model[label]) for label in post if label in NAMED_ROWS and model[label] in labels]
     alike = ("loss_type", "reward_scope")
     pairs += [(a, b) for a in labels if model.get(a) == "ExpRSFT" for b in labels if model.get(b) == "RSFT"
@@ -155,13 +153,9 @@ def comparisons(runs, labels):
     return pairs
 
 
-def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
-    """(markdown, records) of the paired comparisons (:func:`comparisons`) on the rating-filtered test cases at
-    ``view`` (``final`` or ``best``; BC always at its best epoch, the starting checkpoint), pooled over the seeds
-    that both rows finished: the difference in points (x 100) and in % of B, its 95% interval counting seeds and
-    cases, its p-value raw and Holm-adjusted over the table (bold: significant after adjustment), the case-only
-    bootstrap interval, and each seed's; None when no run finished. A finished run without its per-case results
-    is an error that names it."""
+def case_files(runs, labels):
+    """{(label, seed): the per-case results file} of the finished runs of ``labels``; a finished run without
+    its per-case results is an error that names it."""
     cases = {}
     for run in (r for r in runs if r.results is not None and r.label in labels):
         path = run.results.get("cases_file")
@@ -169,13 +163,29 @@ def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
             raise AlignError(f"{run.label} seed {run.seed} has no per-case results ({path or 'none recorded'}; "
                              f"{run.results_file}): train it again to compare it.")
         cases[run.label, run.seed] = path
+    return cases
+
+
+def paired_ranks(cases, a, b, view, **selection):
+    """(seeds both rows finished, {label: one rank Series per seed}) of rows ``a`` and ``b`` at ``view`` (BC
+    always at its best epoch, the starting checkpoint); ``selection``: :func:`read_cases`'s filtered, rating."""
+    seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
+    return seeds, {label: [read_cases(cases[label, seed], view="best" if label == "BC" else view, **selection)
+                           for seed in seeds] for label in (a, b)}
+
+
+def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10"), filtered=True):
+    """(markdown, records) of the paired comparisons (:func:`comparisons`) on the rating-filtered test cases
+    (``filtered``; else on all of them) at ``view`` (``final`` or ``best``; BC always at its best epoch, the
+    starting checkpoint), pooled over the seeds that both rows finished: the difference in points (x 100) and in
+    % of B, its 95% interval counting seeds and cases, its p-value raw and Holm-adjusted over the table (bold:
+    significant after adjustment), the case-only bootstrap interval, and each seed's; None when no run finished."""
+    cases = case_files(runs, labels)
     results = []
     for a, b in comparisons(runs, labels):
-        seeds = sorted(seed for label, seed in cases if label == a and (b, seed) in cases)
+        seeds, ranks = paired_ranks(cases, a, b, view, filtered=filtered)
         if not seeds:
             continue
-        ranks = {label: [read_cases(cases[label, seed], view="best" if label == "BC" else view) for seed in seeds]
-                 for label in (a, b)}
         for metric in metrics:
             pooled = paired_difference(ranks[a], ranks[b], metric, names=(a, b))
             per_seed = [paired_difference([x], [y], metric, names=(a, b)) for x, y in zip(ranks[a], ranks[b])]
@@ -199,3 +209,34 @@ def paired_tables(runs, labels, view, metrics=("ndcg@10", "hit@10")):
                 f"{100 * r['difference']:+.2f} [{100 * r['case_low']:+.2f}, {100 * r['case_high']:+.2f}]" for r in per_seed),
         })
     return pd.DataFrame(rows).to_markdown(index=False), records
+
+
+def rating_breakdown(runs, labels, view, metric="ndcg@10"):
+    """(markdown, records) of each post-training row's difference from BC on the test cases whose held-out item
+    got each rating (all ratings, not only the filtered ones: where a method gains and where it loses), at
+    ``view``, pooled over the seeds, with the interval counting seeds and cases and Holm's adjustment over the
+    table (bold: significant after it); None when no row has a finished run beside BC's."""
+    cases = case_files(runs, labels)
+    bc_files = [path for (label, _), path in cases.items() if label == "BC"]
+    if not bc_files:
+        return None
+    ratings = case_ratings(bc_files[0])
+    results = []
+    for label in (label for label in labels if label != "BC"):
+        for rating in ratings:
+            seeds, ranks = paired_ranks(cases, label, "BC", view, filtered=False, rating=rating)
+            if seeds and len(ranks["BC"][0]) > 1:
+                results.append((label, rating, paired_difference(ranks[label], ranks["BC"], metric, names=(label, "BC"))))
+    if not results:
+        return None
+    adjusted = holm([result["p"] for *_, result in results])
+    records = [{"row": label, "rating": rating, "metric": metric, **result, "p_holm": p_holm,
+                "significant_holm": bool(p_holm < 0.05)} for (label, rating, result), p_holm in zip(results, adjusted)]
+    counts = {record["rating"]: record["cases"] for record in records}
+    table = {f"{rating:g}": {"cases": f"{counts[rating]}"} for rating in ratings if rating in counts}
+    for record in records:
+        bold = "**" if record["significant_holm"] else ""
+        table[f"{record['rating']:g}"][record["row"]] = (
+            f"{bold}{100 * record['difference']:+.2f}{bold} [{100 * record['low']:+.2f}, {100 * record['high']:+.2f}]")
+    frame = pd.DataFrame(table).rename_axis("rating of the held-out item").fillna("")
+    return frame.to_markdown(), records

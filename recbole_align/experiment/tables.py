@@ -10,14 +10,14 @@ import torch
 from recbole_align.diagnostics import PREDICTORS, run_diagnostics
 from recbole_align.errors import AlignError
 from recbole_align.experiment.aggregate import (
-    aggregate, mean_std, paired_tables, run_record, table3, tuning_table,
+    aggregate, mean_std, paired_tables, rating_breakdown, run_record, table3, tuning_table,
 )
 from recbole_align.experiment.methods import SHARED_GRID, grid
 from recbole_align.experiment.plan import BC_PLATEAU, NOISE_METHODS, bc_checkpoint_of, kind, lambda_label, noise_label
 from recbole_align.pretrained import read_pretrained
 from recbole_align.report import (
     COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
-    trace_table, write_records, write_table,
+    plot_rating_breakdown, trace_table, write_records, write_table,
 )
 from recbole_align.safe_write import write_text
 
@@ -183,19 +183,33 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
     else:
         parts.append("Table 2 (reward model) not computed: no BC checkpoint of these runs with a reward head is on "
                      "disk (any more).")
+    by_rating = {}
     for view, title in (("final", "the final epoch of the budget"), ("best", "the best validation epoch")):
-        paired = paired_tables(runs, labels, view)
-        if paired is None:
-            continue
-        parts += [f"## Paired differences at {title} (rating-filtered test cases)",
-                  f"A - B on the {sample['n_test_filtered']} cases, pooled over the seeds both rows finished, in points "
-                  f"(x 100) and % of B; its 95% interval counts both the seeds and the cases (a t interval on "
-                  f"var_seeds/S + var_cases/N, Welch-Satterthwaite degrees of freedom: evaluator/paired.py) and its "
-                  f"p-value is given raw and Holm-adjusted over this table's comparisons; **bold**: significant after "
-                  f"adjustment. The case-only bootstrap interval (10,000 resamples; the trained models taken as fixed) "
-                  f"and each seed's difference are beside it. BC at its best epoch, the starting checkpoint.",
-                  paired[0]]
-        write_records(output_dir / f"paired_{view}.csv", paired[1])
+        for filtered, cases, suffix in ((True, f"rating-filtered test cases, {sample['n_test_filtered']}", ""),
+                                        (False, f"all test cases, {sample['n_test']}: the trade-off", "_all")):
+            paired = paired_tables(runs, labels, view, filtered=filtered)
+            if paired is None:
+                continue
+            parts += [f"## Paired differences at {title} ({cases})",
+                      f"A - B on these cases, pooled over the seeds both rows finished, in points "
+                      f"(x 100) and % of B; its 95% interval counts both the seeds and the cases (a t interval on "
+                      f"var_seeds/S + var_cases/N, Welch-Satterthwaite degrees of freedom: evaluator/paired.py) and its "
+                      f"p-value is given raw and Holm-adjusted over this table's comparisons; **bold**: significant after "
+                      f"adjustment. The case-only bootstrap interval (10,000 resamples; the trained models taken as fixed) "
+                      f"and each seed's difference are beside it. BC at its best epoch, the starting checkpoint.",
+                      paired[0]]
+            write_records(output_dir / f"paired_{view}{suffix}.csv", paired[1])
+        breakdown = rating_breakdown(runs, labels, view)
+        if breakdown is not None:
+            parts += [f"## Difference from BC by the rating of the held-out item, at {title}",
+                      "NDCG@10 points on all the test cases of each rating (their number in the first row), pooled "
+                      "over the seeds, [95% interval counting seeds and cases]; Holm-adjusted over this table, "
+                      "**bold**: significant after adjustment.", breakdown[0]]
+            write_records(output_dir / f"by_rating_{view}.csv", breakdown[1])
+            by_rating[title] = breakdown[1]
+    if by_rating:
+        plot_rating_breakdown(by_rating, output_dir / "by_rating.png", f"{args.dataset}: difference from BC by rating")
+        parts.append("![difference from BC by the rating of the held-out item](by_rating.png)")
     costs = aggregate(runs, "test_filtered")
     write_table(output_dir / "cost.csv", *csv_rows(costs, COST_KEYS))
     parts += ["## Cost (means over seeds; ratio to BC)", cost_table(costs)]
