@@ -191,12 +191,12 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
             if paired is None:
                 continue
             parts += [f"## Paired differences at {title} ({cases})",
-                      f"A - B on these cases, pooled over the seeds both rows finished, in points "
-                      f"(x 100) and % of B; its 95% interval counts both the seeds and the cases (a t interval on "
-                      f"var_seeds/S + var_cases/N, Welch-Satterthwaite degrees of freedom: evaluator/paired.py) and its "
-                      f"p-value is given raw and Holm-adjusted over this table's comparisons; **bold**: significant after "
-                      f"adjustment. The case-only bootstrap interval (10,000 resamples; the trained models taken as fixed) "
-                      f"and each seed's difference are beside it. BC at its best epoch, the starting checkpoint.",
+                      "A - B on these cases, pooled over the seeds both rows finished, in points "
+                      "(x 100) and % of B; its 95% interval counts both the seeds and the cases (a t interval on "
+                      "var_seeds/S + var_cases/N, Welch-Satterthwaite degrees of freedom: evaluator/paired.py) and its "
+                      "p-value is given raw and Holm-adjusted over this table's comparisons; **bold**: significant after "
+                      "adjustment. The case-only bootstrap interval (10,000 resamples; the trained models taken as fixed) "
+                      "and each seed's difference are beside it. BC at its best epoch, the starting checkpoint.",
                       paired[0]]
             write_records(output_dir / f"paired_{view}{suffix}.csv", paired[1])
         breakdown = rating_breakdown(runs, labels, view)
