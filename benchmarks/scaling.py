@@ -111,6 +111,7 @@ def worker(args):
     train = length_grouped(config, train)
     rows.append({"step": "load", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
                  "catalogue": train._dataset.item_num - 1})
+    print(json.dumps(rows), flush=True)
     for model in args.methods.strip("[] ").split(","):
         config, spec = build_config(model, args.dataset, files, {**base, "reward_head": True})
         init_seed(config["seed"], config["reproducibility"])
@@ -122,6 +123,7 @@ def worker(args):
         chosen = "; ".join(line for line in choices if line.startswith(("item table updates", "policy estimator")))
         rows.append({"step": f"{model} epoch", "seconds": seconds, "peak_mb": peak_mb(), "gpu_peak_mb": gpu_peak_mb(),
                      "timed_batches": args.max_batches or len(train), "batches_per_epoch": len(train), "chosen": chosen})
+        print(json.dumps(rows), flush=True)
     start = time.perf_counter()
     trainer.evaluate(test, load_best_model=False)
     rows.append({"step": "evaluation", "seconds": time.perf_counter() - start, "peak_mb": peak_mb(),
@@ -136,10 +138,18 @@ def run_worker(args, name):
                f"--data_path={args.output_dir / 'data'}", f"--dataset={name}", f"--max_batches={args.max_batches}",
                f"--methods={args.methods}", f"--history={args.history}", f"--scratch={args.output_dir / 'scratch'}",
                f"--config_files={' '.join(str(Path(f).resolve()) for f in args.config_files.split())}"]
-    process = subprocess.run(command, env=env, capture_output=True, text=True)
+    rows = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:  # the rows so far, after each step: a worker that dies keeps what it measured
+            rows = json.loads(line)
+            print(f"{name}: {rows[-1]['step']} {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_mb']:.0f} MB",
+                  file=sys.stderr, flush=True)
+        error = process.stderr.read()
     if process.returncode != 0:
-        raise RuntimeError(f"worker for [{name}] failed:\n{process.stderr[-3000:]}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+        if len(rows) < 2:
+            raise RuntimeError(f"worker for [{name}] failed:\n{error[-3000:]}")
+        rows.append({"step": "failed", "seconds": None, "peak_mb": rows[-1]["peak_mb"], "error": error.strip()[-300:]})
+    return rows
 
 
 def measurements_table(results):
@@ -236,7 +246,8 @@ def main(argv=None):
         items, ratings, users, history = [*(count(part) for part in size.split(":")), args.users, 0][:4]
         name = f"scale-{size.replace(':', '-')}"
         print(f"{size}: generating {ratings} ratings of {users} users over {items} items", file=sys.stderr, flush=True)
-        generate(args.output_dir / "data", name, users, items, ratings)
+        if not (args.output_dir / "data" / name / f"{name}.inter").is_file():  # the generator is seeded: the same file
+            generate(args.output_dir / "data", name, users, items, ratings)
         args.history = history
         rows = run_worker(args, name)
         results["sizes"].append({"size": size, "items": items, "ratings": ratings, "users": users, "history": history or None,
