@@ -127,13 +127,18 @@ def save_figure(plt, fig, path):
     plt.close(fig)
 
 
+COLLAPSED = 0.5  # a curve that ends below this fraction of BC's value is drawn under the axis, not scaled into it
+
+
 def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_of_bc=False):
     """NDCG@10 on the rating-filtered valid (left) and test (right) cases after every epoch of each of
-    ``labels`` (mean over seeds): the paper's Figure 2 for the post-training methods, with BC's best
-    epoch as a dashed line; with ``curve_of_bc``, BC's own training curve instead (beside the
-    baselines' training curves). ``runs``: objects with ``label`` and ``results`` (None if unfinished)."""
+    ``labels``, the mean over seeds with a band of ± one standard deviation: the paper's Figure 2 for the
+    post-training methods, with BC's best epoch as a dashed line; with ``curve_of_bc``, BC's own training
+    curve instead (beside the baselines' training curves). A row that collapses (ends below COLLAPSED x BC)
+    keeps its line but not the axis: its final value is in its legend, so that the others stay readable.
+    ``runs``: objects with ``label`` and ``results`` (None if unfinished)."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.6), sharex=True)
     for ax, split in zip(axes, ("valid_filtered", "test_filtered")):
         curves = {}
         for run in runs:
@@ -141,18 +146,34 @@ def plot_epochs(runs, labels, path, title, xlabel="post-training epoch", curve_o
                 trace = [e[split]["ndcg@10"] for e in run.results["epoch_log"] if split in e]
                 if trace:
                     curves.setdefault(run.label, []).append(trace)
-        for label, traces in curves.items():
-            length = min(len(t) for t in traces)
-            mean = np.mean([t[:length] for t in traces], axis=0)
-            if label != "BC" or curve_of_bc:
-                ax.plot(range(1, length + 1), mean, "o-", markersize=3, label=label)
         bc = [r.results for r in runs if r.label == "BC" and r.results is not None]
+        bc_value = np.mean([r[split]["ndcg@10"] for r in bc]) if bc else None
+        shown = []  # the (low, high) of the curves the axis is scaled to
+        for label, traces in curves.items():
+            if label == "BC" and not curve_of_bc:
+                continue
+            length = min(len(t) for t in traces)
+            values = np.array([t[:length] for t in traces])
+            mean, std = values.mean(0), values.std(0)
+            collapsed = bc_value is not None and not curve_of_bc and mean[-1] < COLLAPSED * bc_value
+            name = f"{label} (collapsed: {mean[-1]:.3f} at the end)" if collapsed else label
+            epochs = range(1, length + 1)
+            line, = ax.plot(epochs, mean, "o-", markersize=3, label=name)
+            if len(traces) > 1:
+                ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, linewidth=0)
+            if not collapsed:
+                shown.append(((mean - std).min(), (mean + std).max()))
         if bc and not curve_of_bc:
-            ax.axhline(np.mean([r[split]["ndcg@10"] for r in bc]), color="grey", linestyle="--", label="BC (best epoch)")
+            ax.axhline(bc_value, color="grey", linestyle="--", label="BC (best epoch)")
+            shown.append((bc_value, bc_value))
+        if shown:
+            low, high = min(s[0] for s in shown), max(s[1] for s in shown)
+            margin = 0.05 * (high - low) or 0.01
+            ax.set_ylim(low - margin, high + margin)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{split.split('_')[0]} NDCG@10 (rating >= threshold)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the curves stay clear
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(plt, fig, path)

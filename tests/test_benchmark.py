@@ -407,3 +407,27 @@ def test_tuned_from_runs_every_row_at_another_benchmarks_choice(monkeypatch, tmp
     with pytest.raises(SystemExit):
         benchmark.main([f"--output_dir={tmp_path / 'bad'}", "--baselines=[]", f"--tuned_from={tmp_path / 'none.csv'}"])
     assert "is not a benchmark's tuning.csv" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_epoch_curves_show_the_spread_and_a_collapsed_row_leaves_the_axis_to_the_others(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from recbole_align import report
+
+    def run(label, seed, trace, best=None):
+        log = [{"epoch": e, "valid_filtered": {"ndcg@10": v}, "test_filtered": {"ndcg@10": v}} for e, v in enumerate(trace)]
+        results = {"epoch_log": log, "valid_filtered": {"ndcg@10": best}, "test_filtered": {"ndcg@10": best}}
+        return SimpleNamespace(label=label, seed=seed, results=results)
+
+    runs = [run("BC", 1, [], 0.20), run("BC", 2, [], 0.20),
+            run("ExpRSFT", 1, [0.21, 0.22, 0.23]), run("ExpRSFT", 2, [0.19, 0.20, 0.21]),
+            run("RSFT standardised", 1, [0.15, 0.05, 0.01]), run("RSFT standardised", 2, [0.15, 0.05, 0.03])]
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda plt, fig, path: figures.append(fig))
+    report.plot_epochs(runs, ["BC", "ExpRSFT", "RSFT standardised"], tmp_path / "epochs.png", "toy")
+    for ax in figures[0].axes[:2]:
+        low, high = ax.get_ylim()
+        assert 0.15 < low < 0.19 and 0.23 < high < 0.25  # ExpRSFT's band (0.19..0.23) and BC, not the collapse
+        assert len(ax.collections) == 2  # a ± std band for each row with two seeds
+        legend = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert "RSFT standardised (collapsed: 0.020 at the end)" in legend and "ExpRSFT" in legend
