@@ -251,3 +251,18 @@ def plot_rating_breakdown(records, path, title):
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(plt, fig, path)
+
+
+def plot_trade_off(points, path, title, metric="NDCG@10"):
+    """Each row's ``metric`` on the rating-filtered test cases against all of them (mean ± std over seeds): the
+    accuracy a row gives up for the highly rated cases. ``points``: {label: ((all mean, std), (filtered mean, std))}."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    for label, ((x, x_std), (y, y_std)) in points.items():
+        ax.errorbar(x, y, xerr=x_std, yerr=y_std, fmt="s" if label == "BC" else "o", capsize=3, label=label)
+    ax.set_xlabel(f"{metric}, all test cases")
+    ax.set_ylabel(f"{metric}, test cases rated >= threshold")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(plt, fig, path)

@@ -206,3 +206,20 @@ def test_the_trade_off_tables_count_all_cases_and_break_the_difference_down_by_r
         np.mean([by_rating[r]["difference"] for r in (1.0, 3.0, 5.0)]))
     filtered = [r for r in paired_tables(runs, ["BC", "ExpRSFT"], "final")[1] if r["seed"] == "pooled"]
     assert filtered[0]["cases"] == 100 and filtered[0]["difference"] == pytest.approx(by_rating[5.0]["difference"])
+
+
+def test_the_trade_off_points_are_each_rows_means_on_all_and_on_the_filtered_cases(tmp_path):
+    from recbole_align.experiment.aggregate import trade_off
+    from recbole_align.experiment.plan import Run
+
+    users, ratings = np.array(["a", "b", "c", "d"]), np.array([5.0, 5.0, 1.0, 2.0])
+    runs = []
+    for label, best, final in (("BC", [1, 3, 1, 1], [9, 9, 9, 9]), ("ExpRSFT λ=2", [9, 9, 9, 9], [1, 1, 3, 20])):
+        path = tmp_path / f"{label}.cases.npz"
+        np.savez(path, test_user_id=users, test_rating=ratings, test_rank=np.array(best, float),
+                 test_rank_final=np.array(final, float), test_keep=ratings >= 4.5)
+        runs.append(Run(label, "ExpRSFT", 1, {}, results={"cases_file": str(path)}))
+    points = trade_off(runs, ["BC", "ExpRSFT λ=2"])
+    ndcg = lambda ranks: np.mean([1 / np.log2(r + 1) if r <= 10 else 0 for r in ranks])  # noqa: E731
+    assert points["BC"] == ((pytest.approx(ndcg([1, 3, 1, 1])), 0.0), (pytest.approx(ndcg([1, 3])), 0.0))  # its best
+    assert points["ExpRSFT λ=2"] == ((pytest.approx(ndcg([1, 1, 3, 20])), 0.0), (pytest.approx(1.0), 0.0))  # final

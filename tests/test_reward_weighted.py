@@ -450,10 +450,13 @@ def test_sweep_and_tables_from_a_given_bc_checkpoint_without_reward_head(workdir
     assert {"test_filtered/ndcg@10", "test/ndcg@10", "valid_filtered/mrr", "final_test_filtered/ndcg@10"} <= set(rows)
     assert list(rows.best_epoch[1:]) == [0, 0, 0] and list(rows.final_epoch[1:]) == [0, 0, 0]
     assert (out / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "lambda_trade_off.png").read_bytes()[:4] == b"\x89PNG"
     assert "[4/4] ExpRSFT λ=2 seed 2020" in process.stdout
     table = markdown_lines((out / "table.md").read_text())
     assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | epoch |" in table  # no reward head: no Avg Reward
     assert "Table 2 (reward model) not computed" in "\n".join(table)
+    trade_off = table[table.index("| Row | all test cases | rated >= threshold |") + 2:][:3]
+    assert [line.split(" | ")[0] for line in trade_off] == ["| BC", "| ExpRSFT λ=0.5", "| ExpRSFT λ=2"]
     rows = rows.set_index("run")
     bc_ndcg, drpo_ndcg = rows.loc["BC", "test_filtered/ndcg@10"], rows.loc["DRPO", "test_filtered/ndcg@10"]
     change = f" ({(drpo_ndcg - bc_ndcg) / bc_ndcg * 100:+.1f}%)" if bc_ndcg else ""

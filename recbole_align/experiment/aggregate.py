@@ -8,7 +8,7 @@ import pandas as pd
 
 from recbole_align.data import EVAL_SPLITS
 from recbole_align.errors import AlignError
-from recbole_align.evaluator.paired import case_ratings, holm, paired_difference, read_cases
+from recbole_align.evaluator.paired import case_metric, case_ratings, holm, paired_difference, read_cases
 from recbole_align.experiment.methods import NAMED_ROWS, all_rows, grid
 from recbole_align.report import COLUMNS, COST_KEYS, markdown_table
 
@@ -240,3 +240,19 @@ def rating_breakdown(runs, labels, view, metric="ndcg@10"):
             f"{bold}{100 * record['difference']:+.2f}{bold} [{100 * record['low']:+.2f}, {100 * record['high']:+.2f}]")
     frame = pd.DataFrame(table).rename_axis("rating of the held-out item").fillna("")
     return frame.to_markdown(), records
+
+
+def trade_off(runs, labels, view="final", metric="ndcg@10"):
+    """{label: ((mean, std) over seeds of ``metric`` on all the test cases, (mean, std) on the rating-filtered
+    ones)} of the rows ``labels`` at ``view`` (BC at its best epoch), from the per-case results: how much of the
+    catalogue's accuracy a row gives up for the highly rated cases."""
+    cases = case_files(runs, labels)
+    points = {}
+    for label in labels:
+        files = [path for (row, _), path in sorted(cases.items()) if row == label]
+        if files:
+            at = "best" if label == "BC" else view
+            means = [[case_metric(read_cases(path, view=at, filtered=filtered), metric).mean() for path in files]
+                     for filtered in (False, True)]
+            points[label] = tuple(mean_std(values) for values in means)
+    return points

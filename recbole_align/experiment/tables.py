@@ -10,14 +10,14 @@ import torch
 from recbole_align.diagnostics import PREDICTORS, run_diagnostics
 from recbole_align.errors import AlignError
 from recbole_align.experiment.aggregate import (
-    aggregate, mean_std, paired_tables, rating_breakdown, run_record, table3, tuning_table,
+    aggregate, mean_std, paired_tables, rating_breakdown, run_record, table3, trade_off, tuning_table,
 )
 from recbole_align.experiment.methods import SHARED_GRID, grid
 from recbole_align.experiment.plan import BC_PLATEAU, NOISE_METHODS, bc_checkpoint_of, kind, lambda_label, noise_label
 from recbole_align.pretrained import read_pretrained
 from recbole_align.report import (
     COLUMNS, COST_KEYS, cost_table, csv_rows, format_table, markdown_table, plot_against_lambda, plot_epochs, plot_noise_sweep,
-    plot_rating_breakdown, trace_table, write_records, write_table,
+    plot_rating_breakdown, plot_trade_off, trace_table, write_records, write_table,
 )
 from recbole_align.safe_write import write_text
 
@@ -233,6 +233,17 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
                   format_table(sweep["best"], [*COLUMNS, *epoch_column])]
+        controls = [label for label in labels if any(r.label == label and r.model == "ContinuedBC" for r in runs)]
+        rows = ["BC", *controls, *(label for label in labels if label.startswith("ExpRSFT")),
+                *(lambda_label(lam) for lam in lambdas)]
+        points = trade_off(runs, list(dict.fromkeys(rows)))
+        plot_trade_off(points, output_dir / "lambda_trade_off.png", f"{args.dataset}: the λ trade-off (final epoch)")
+        parts += ["## The λ trade-off: NDCG@10 on all test cases and on the rating-filtered ones (final epoch; BC at "
+                  "its best), mean ± std over seeds, from the per-case results",
+                  markdown_table(["Row", "all test cases", "rated >= threshold"],
+                                 [[label, f"{x[0]:.4f} ± {x[1]:.4f}", f"{y[0]:.4f} ± {y[1]:.4f}"]
+                                  for label, (x, y) in points.items()]),
+                  "![the λ trade-off](lambda_trade_off.png)"]
     if noise_levels:
         parts += noise_section(runs, lambdas, noise_levels, output_dir, args.dataset)
     trials = []
