@@ -8,12 +8,14 @@
 Each side is a glob of results JSONs (one run per seed, each with its ``cases_file``); the seeds both sides have
 are paired. For the rating-filtered and for all test cases, at each run's best (kept) epoch and at the end of
 its training, the difference A - B of NDCG@10 and HR@10 with the interval counting seeds and cases
-(``recbole_align.evaluator.paired``), Holm-adjusted over the table; each side's seeds, epochs and training time.
+(``recbole_align.evaluator.paired``), Holm-adjusted over the table; each side's seeds, epochs, training time, Avg Reward and (for the on-policy methods) the run's own estimate
+of KL(π || π_BC) at its last epoch.
 """
 
 import argparse
 import glob
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -72,9 +74,11 @@ def main(argv=None):
     a, b = runs_by_seed(args.a), runs_by_seed(args.b)
     markdown, records = compare(a, b, (args.a_label, args.b_label))
     runs = pd.DataFrame([{"side": label, "seed": seed, "best epoch": r["best_epoch"], "epochs run": r.get("epochs_run"),
-                          "train seconds": round(r.get("train_seconds") or 0), "results": Path(r["results_file"]).name}
+                          "train seconds": round(r.get("train_seconds") or 0), "Avg Reward": r.get("avg_reward"),
+                          "KL to BC, last epoch": (r["epoch_log"][-1].get("kl_to_bc") if r.get("epoch_log") else None),
+                          "results": Path(r["results_file"]).name}
                          for label, side in ((args.a_label, a), (args.b_label, b)) for seed, r in sorted(side.items())])
-    command = " ".join(["python", "benchmarks/paired_runs.py", *(f'"{x}"' if "*" in x else x for x in (argv or sys.argv[1:]))])
+    command = shlex.join(["python", "benchmarks/paired_runs.py", *(argv or sys.argv[1:])])
     report = (f"# {args.a_label} vs {args.b_label}\n\n    {command}\n\nA - B, NDCG@10 and HR@10 points; 95% interval counting "
               f"seeds and cases; Holm over the table, **bold** significant after it.\n\n{markdown}\n\n{runs.to_markdown(index=False)}\n")
     args.output.parent.mkdir(parents=True, exist_ok=True)
