@@ -9,8 +9,9 @@
 #   4. runs the fast tests with RECBOLE_ALIGN_TEST_DEVICE=cuda in the time left (up to 240 s; OUTPUT_DIR/tests.log);
 #   4b. then, in the time left, benchmarks/scaling.py on the GPU (issue 34): one whole epoch of each of
 #      GPU_CHECK_SCALING_METHODS (default BC, Exp-RSFT, PPO) at each of GPU_CHECK_SCALING_SIZES (default 10k and 700k
-#      items at 1M ratings; "[696k:11.7M:811k:50]" with GPU_CHECK_SCALING_CONFIG=properties/amazon-books.yaml is
-#      Amazon-Books-shaped, with its model), into OUTPUT_DIR/scaling/ (scaling.json
+#      items at 1M ratings; "[696k:11.7M:811k:50]" with GPU_CHECK_SCALING_CONFIG=properties/amazon-books.yaml and
+#      GPU_CHECK_SCALING_MIN_ITEM_RATINGS=5 is Amazon-Books-shaped after its filter, with its model), into
+#      OUTPUT_DIR/scaling/ (scaling.json
 #      is written after each size, so a size that finished survives the deadline);
 #   5. with GPU_CHECK_PROTOCOL_SEEDS (e.g. "[2020,2021,2022]"): the paper's protocol on ml-1m-half by the benchmark
 #      harness (BC 40 epochs, then ContinuedBC, Exp-RSFT, the three RSFT rows, DRPO, PPO, DPO and GRPO for 30 epochs,
@@ -154,7 +155,8 @@ if step BC 150 "$PY" -m recbole_align --model=BC --reward_head=True "${COMMON[@]
     wait "$TESTS_PID"
     step scaling $((DEADLINE - SECONDS - 20)) "$PY" benchmarks/scaling.py \
         --sizes="${GPU_CHECK_SCALING_SIZES:-[10k:1M,700k:1M]}" --methods="${GPU_CHECK_SCALING_METHODS:-[BC,ExpRSFT,PPO]}" \
-        --config_files="${GPU_CHECK_SCALING_CONFIG:-}" --output_dir="$OUT/scaling"
+        --config_files="${GPU_CHECK_SCALING_CONFIG:-}" --min_item_ratings="${GPU_CHECK_SCALING_MIN_ITEM_RATINGS:-1}" \
+        --output_dir="$OUT/scaling"
     if [[ -n $PROTOCOL_SEEDS ]]; then
         wait "$PROTOCOL_PID"
         pack_protocol >> "$LOG" 2>&1

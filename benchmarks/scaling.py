@@ -1,7 +1,7 @@
 """How time and memory grow with the catalogue and the number of ratings, on generated data (issues 23, 34).
 
     python benchmarks/scaling.py --output_dir=benchmarks/results/scaling
-    python benchmarks/scaling.py --sizes="[696k:11.7M:811k:50]" --methods="[BC,ExpRSFT,PPO]" \
+    python benchmarks/scaling.py --sizes="[696k:11.7M:811k:50]" --min_item_ratings=5 --methods="[BC,ExpRSFT,PPO]" \
         --config_files=properties/amazon-books.yaml --output_dir=benchmarks/results/scaling-amazon-books   # Table 5's shape
 
 For each size ``items:ratings[:users[:history]]`` of ``--sizes`` (default: a catalogue of 10k, 100k and 700k
@@ -54,14 +54,16 @@ def count(text):
     return int(float(text[:-1]) * SCALE[text[-1]]) if text[-1:] in SCALE else int(text)
 
 
-def generate(folder, name, n_users, n_items, n_ratings, seed=0):
+def generate(folder, name, n_users, n_items, n_ratings, seed=0, per_item=1):
     """``folder/name/name.inter``: n_ratings ratings of n_users users (as equal shares as divide) over
-    n_items items, each item rated at least once when n_ratings allows, the others Zipf-like
-    (p ~ 1/(rank + 10)); at most one rating of an item per user is not enforced (RecBole keeps repeats)."""
+    n_items items, each item rated at least ``per_item`` times when n_ratings allows (5: what a dataset filtered
+    at 5 ratings an item has, so that its filter keeps them all), the others Zipf-like (p ~ 1/(rank + 10)); at
+    most one rating of an item per user is not enforced (RecBole keeps repeats)."""
     rng = np.random.default_rng(seed)
     popular = 1 / (np.arange(n_items) + 10.0)
-    drawn = rng.choice(n_items, size=max(0, n_ratings - n_items), p=popular / popular.sum())
-    items = rng.permutation(np.concatenate([np.arange(min(n_items, n_ratings)), drawn])) + 1
+    every = np.tile(np.arange(n_items), per_item)[:n_ratings]
+    drawn = rng.choice(n_items, size=max(0, n_ratings - len(every)), p=popular / popular.sum())
+    items = rng.permutation(np.concatenate([every, drawn])) + 1
     users = np.sort(np.arange(n_ratings) % n_users) + 1
     step = np.arange(n_ratings) - np.searchsorted(users, users)  # position within the user's history
     quality = rng.normal(3.5, 0.7, n_items + 1)
@@ -209,6 +211,8 @@ def main(argv=None):
     parser.add_argument("--sizes", default=DEFAULT_SIZES,
                         help=f'"[items:ratings[:users[:history]],...]" (default {DEFAULT_SIZES})')
     parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--min_item_ratings", type=int, default=1,
+                        help="ratings every item gets at least (5 with a dataset's filter at 5 an item, so that it keeps them)")
     parser.add_argument("--methods", default=f"[{','.join(STEPS)}]", help="the methods timed, in order")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--config_files", default="",
@@ -238,16 +242,17 @@ def main(argv=None):
         "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
         "users": args.users, "threads": args.threads, "max_batches": args.max_batches, "on_policy_batches": None,
+        "min_item_ratings": args.min_item_ratings,
     })
     done = {entry["size"] for entry in results["sizes"]}  # a finished size is kept (rerun: delete scaling.json)
     for size in [s.strip() for s in args.sizes.strip("[] ").split(",") if s.strip()]:
         if size in done:
             continue
         items, ratings, users, history = [*(count(part) for part in size.split(":")), args.users, 0][:4]
-        name = f"scale-{size.replace(':', '-')}"
+        name = f"scale-{size.replace(':', '-')}" + (f"-min{args.min_item_ratings}" if args.min_item_ratings > 1 else "")
         print(f"{size}: generating {ratings} ratings of {users} users over {items} items", file=sys.stderr, flush=True)
         if not (args.output_dir / "data" / name / f"{name}.inter").is_file():  # the generator is seeded: the same file
-            generate(args.output_dir / "data", name, users, items, ratings)
+            generate(args.output_dir / "data", name, users, items, ratings, per_item=args.min_item_ratings)
         args.history = history
         rows = run_worker(args, name)
         results["sizes"].append({"size": size, "items": items, "ratings": ratings, "users": users, "history": history or None,
