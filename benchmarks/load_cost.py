@@ -19,7 +19,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from scaling import count, generate  # noqa: E402 (benchmarks/ is the script's folder)
-from throughput import parse_list  # noqa: E402
+from throughput import machine, parse_list  # noqa: E402
 
 from recbole_align.safe_write import write_text  # noqa: E402
 
@@ -148,8 +147,7 @@ def main(argv=None):
         rows += measure(args, name, args.output_dir / "data", config_files)
     results = {"command": " ".join(["python", "benchmarks/load_cost.py", *(argv if argv is not None else sys.argv[1:])]),
                "date": datetime.date.today().isoformat(),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
+               "machine": machine(),
                "rows": rows}
     write_text(args.output_dir / "load_cost.json", json.dumps(results, indent=2))
     write_text(args.output_dir / "table.md", report(results))

@@ -12,14 +12,12 @@ writes the operators with the most self time, grouped by input shape, and the se
 import argparse
 import datetime
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-from throughput import FirstBatches  # noqa: E402 (benchmarks/ is the script's folder)
+from throughput import FirstBatches, machine  # noqa: E402 (benchmarks/ is the script's folder)
 from torch.profiler import ProfilerActivity, profile
 
 from recbole_align.safe_write import write_text
@@ -68,7 +66,7 @@ def main(argv=None):
                                                                max_name_column_width=40, max_shapes_column_width=70)
     chosen = [line for line in choices if line.startswith(("item table updates", "policy estimator"))]
     report = (f"# {args.model} on {args.dataset}: a training step, profiled ({datetime.date.today()}, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, one thread)\n\n    {command}\n\n"
+              f"{machine()}, one thread)\n\n    {command}\n\n"
               f"{train._dataset.item_num - 1} items, {len(train)} batches an epoch; {'; '.join(chosen)}.\n"
               f"Seconds per step (the first {args.steps} after a warm-up batch, unprofiled): {seconds:.3f}; the "
               f"profiled {args.steps} steps below.\n\n```\n{table}\n```\n")

@@ -24,7 +24,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,7 +37,7 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from throughput import timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
+from throughput import machine, timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
 
 from recbole_align.memory import DEFAULT_BUDGET_MB, catalogue_rows  # noqa: E402
 from recbole_align.safe_write import written_atomically  # noqa: E402
@@ -239,8 +238,7 @@ def main(argv=None):
         return print(report(results))
     results.update({
         "command": " ".join(["python", "benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])]),
-        "date": datetime.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GB",
+        "date": datetime.date.today().isoformat(), "machine": machine(),
         "users": args.users, "threads": args.threads, "max_batches": args.max_batches, "on_policy_batches": None,
         "min_item_ratings": args.min_item_ratings,
     })

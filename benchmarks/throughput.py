@@ -42,6 +42,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 
 
+def machine():
+    """This machine in a results file's words: processor, cores, memory."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GB"
+
+
 def gemm_gflops(threads, dtype, n=2048, repeats=5):
     """The best GFLOP/s of an n x n x n matrix product at ``threads`` threads."""
     torch.set_num_threads(threads)
