@@ -27,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,16 +141,20 @@ def run_worker(args, name):
                f"--methods={args.methods}", f"--history={args.history}", f"--scratch={args.output_dir / 'scratch'}",
                f"--config_files={' '.join(str(Path(f).resolve()) for f in args.config_files.split())}"]
     rows = []
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    with tempfile.TemporaryFile("w+") as errors, \
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=errors, text=True) as process:
         for line in process.stdout:  # the rows so far, after each step: a worker that dies keeps what it measured
-            rows = json.loads(line)
-            print(f"{name}: {rows[-1]['step']} {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_mb']:.0f} MB",
-                  file=sys.stderr, flush=True)
-        error = process.stderr.read()
+            if line.startswith("["):
+                rows = json.loads(line)
+                print(f"{name}: {rows[-1]['step']} {rows[-1]['seconds']:.1f} s, peak {rows[-1]['peak_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+        process.wait()
+        errors.seek(0)
+        error = errors.read().strip() or f"exit status {process.returncode}"
     if process.returncode != 0:
         if len(rows) < 2:
             raise RuntimeError(f"worker for [{name}] failed:\n{error[-3000:]}")
-        rows.append({"step": "failed", "seconds": None, "peak_mb": rows[-1]["peak_mb"], "error": error.strip()[-300:]})
+        rows.append({"step": "failed", "seconds": None, "peak_mb": rows[-1]["peak_mb"], "error": error[-300:]})
     return rows
 
 
@@ -248,8 +253,8 @@ def main(argv=None):
             continue
         items, ratings, users, history = [*(count(part) for part in size.split(":")), args.users, 0][:4]
         name = f"scale-{size.replace(':', '-')}" + (f"-min{args.min_item_ratings}" if args.min_item_ratings > 1 else "")
-        print(f"{size}: generating {ratings} ratings of {users} users over {items} items", file=sys.stderr, flush=True)
         if not (args.output_dir / "data" / name / f"{name}.inter").is_file():  # the generator is seeded: the same file
+            print(f"{size}: generating {ratings} ratings of {users} users over {items} items", file=sys.stderr, flush=True)
             generate(args.output_dir / "data", name, users, items, ratings, per_item=args.min_item_ratings)
         args.history = history
         rows = run_worker(args, name)

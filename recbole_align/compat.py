@@ -11,7 +11,7 @@
   :func:`join_process_group` takes the backend from the ``dist_backend`` config key and
   :func:`distributed_data_parallel_on_any_device` drops ``device_ids`` for a CPU model.
 * Atomic files read by pandas' C parser (:func:`c_csv_parser`): RecBole reads them with
-  ``engine="python"``, about 3x slower and holding every line as Python objects (BENCHMARKS 18).
+  ``engine="python"``, which loads 2.9-5.9x slower (BENCHMARKS 18).
 
 torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, but RecBole's checkpoints
 hold its ``Config`` object, so ``Trainer.evaluate(load_best_model=True)`` and
@@ -118,7 +118,7 @@ def trainer_on_any_device():
 def c_csv_parser():
     """Within the block, RecBole's ``pd.read_csv(..., engine="python")`` of an atomic file uses pandas' C
     parser when the field separator is one character (the C parser's only limit; RecBole's default is a
-    tab): the same frame, in a third of the time and memory. A longer separator keeps the python parser."""
+    tab): the same frame, loaded several times faster. A longer separator keeps the python parser."""
     read_csv = pd.read_csv
 
     def read(*args, engine=None, delimiter=None, **kwargs):

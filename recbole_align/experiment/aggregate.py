@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recbole_align.config import command_line_overrides
 from recbole_align.data import EVAL_SPLITS
 from recbole_align.errors import AlignError
 from recbole_align.evaluator.paired import case_metric, case_ratings, holm, paired_difference, read_cases
@@ -27,9 +28,7 @@ def tuning_choice(trials):
 
 def chosen_in(tuning_csv):
     """{label: settings} of the trials marked chosen in ``tuning_csv`` (the tuning.csv of another benchmark,
-    as :func:`tuning_table` writes it), each value typed as RecBole types its command line."""
-    from recbole.config import Config
-
+    as :func:`tuning_table` writes it), each value typed as a ``--key=value`` of the command line."""
     try:
         table = pd.read_csv(tuning_csv, dtype=str, keep_default_na=False)
         chosen_rows = table[table["chosen"] == "yes"]
@@ -38,7 +37,8 @@ def chosen_in(tuning_csv):
         raise AlignError(f"--tuned_from [{tuning_csv}] is not a benchmark's tuning.csv ({error}).") from None
     if not pairs:
         raise AlignError(f"--tuned_from [{tuning_csv}] marks no trial as chosen.")
-    return {label: Config._convert_config_dict(None, settings) for label, settings in pairs.items()}
+    return {label: command_line_overrides([f"--{key}={value}" for key, value in settings.items()])
+            for label, settings in pairs.items()}
 
 
 def tuning_table(trials, chosen):

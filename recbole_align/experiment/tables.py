@@ -233,8 +233,8 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
         parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
                   format_table(sweep["best"], [*COLUMNS, *epoch_column])]
-        controls = [label for label in labels if any(r.label == label and r.model == "ContinuedBC" for r in runs)]
-        rows = ["BC", *controls, *(label for label in labels if label.startswith("ExpRSFT")),
+        model = {run.label: run.model for run in runs}
+        rows = ["BC", *(label for model_name in ("ContinuedBC", "ExpRSFT") for label in labels if model.get(label) == model_name),
                 *(lambda_label(lam) for lam in lambdas)]
         points = trade_off(runs, list(dict.fromkeys(rows)))
         plot_trade_off(points, output_dir / "lambda_trade_off.png", f"{args.dataset}: the λ trade-off (final epoch)")
