@@ -30,6 +30,7 @@ import pandas as pd
 from recbole_align.experiment.plan import BC_PLATEAU
 from recbole_align.benchmark import main as benchmark
 from recbole_align.report import pyplot
+from recbole_align.safe_write import write_text
 
 VIEWS = {"final": "paired_final.csv", "best": "paired_best.csv"}
 
@@ -141,7 +142,7 @@ def main(argv=None):
         ci=[f"[{low:+.1f}%, {high:+.1f}%]" + (" *" if sig else "") for low, high, sig in
             zip(table["low_pct"], table["high_pct"], table["significant"])])
     columns = ["view", "level", "bc_epochs", "method", "metric", "bc", "method_value", "gain_pct", "ci", "cases", "seeds"]
-    (output_dir / "strength.md").write_text(
+    write_text(output_dir / "strength.md", 
         "Gain of each method over the BC it starts from, by BC level (BC trained N epochs, or to its plateau: "
         f"{BC_PLATEAU}); rating-filtered test cases, pooled paired bootstrap 95% CI over seeds (* excludes 0).\n\n"
         + shown[columns].to_markdown(index=False, floatfmt=".4f") + "\n\n    python benchmarks/bc_strength.py "

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recbole_align.safe_write import write_text
+
 
 def bc_runs(folder):
     """The BC results JSON files of a benchmark output folder, one per seed."""
@@ -45,7 +47,7 @@ def main(argv=None):
     table = pd.DataFrame([variant_row(name, bc_runs(folder)) for name, folder in pairs])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.output.with_suffix(".csv"), index=False)
-    args.output.write_text(table.to_markdown(index=False) + "\n")
+    write_text(args.output, table.to_markdown(index=False) + "\n")
     print(table.to_markdown(index=False))
 
 

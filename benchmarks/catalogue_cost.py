@@ -30,6 +30,8 @@ import pandas as pd
 from scaling import count, generate  # noqa: E402 (benchmarks/ is the script's folder)
 from throughput import parse_list, timed_epoch  # noqa: E402
 
+from recbole_align.safe_write import write_text  # noqa: E402
+
 METHODS = "[BC,ExpRSFT]"
 
 
@@ -151,8 +153,8 @@ def main(argv=None):
             rows = run_worker(args, tree, name)
             results["runs"].append({"size": size, "code": label, "rows": rows})
             print(f"{size} {label}: {rows}", file=sys.stderr, flush=True)
-            results_file.write_text(json.dumps(results, indent=2))
-    (args.output_dir / "table.md").write_text(report(results))
+            write_text(results_file, json.dumps(results, indent=2))
+    write_text(args.output_dir / "table.md", report(results))
     print(report(results))
 
 

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from recbole_align.evaluator.paired import seed_and_case_interval
+from recbole_align.safe_write import write_text
 
 
 def simulate(seeds, cases=793, replications=1000, delta=0.01, case_sd=0.1, seed_sd=0.005, noise_sd=0.1, resamples=1000,
@@ -61,11 +62,11 @@ def main(argv=None):
                              "coverage_low": low, "coverage_high": high})
     args.output_dir.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "benchmarks/coverage.py", *(argv if argv is not None else sys.argv[1:])])
-    (args.output_dir / "coverage.json").write_text(json.dumps(
+    write_text(args.output_dir / "coverage.json", json.dumps(
         {"date": datetime.date.today().isoformat(), "command": command, "replications": args.replications,
          "model": "x_si = 0.01 + a_i + b_s + e_si; sd 0.1, seed_sd, 0.1; 793 cases", "rows": rows}, indent=2))
     table = pd.DataFrame(rows).round(3).to_markdown(index=False)
-    (args.output_dir / "table.md").write_text(f"# Coverage of the paired 95% intervals\n\n`{command}`\n\n{table}\n")
+    write_text(args.output_dir / "table.md", f"# Coverage of the paired 95% intervals\n\n`{command}`\n\n{table}\n")
     print(table)
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recbole_align.safe_write import write_text
+
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("ExpRSFT", "RSFT", "DRPO", "PPO", "GRPO", "DPO")
 PROTOCOL_EPOCHS = {"BC": 40, **{method: 30 for method in METHODS}}
@@ -133,13 +135,13 @@ def main(argv=None):
     out = Path(args.output_dir)
     if args.metrics_check:
         records, markdown = metrics_side_by_side(args)
-        (out / "metrics_unchanged.json").write_text(json.dumps({"command": " ".join(sys.argv), "rows": records}, indent=2))
-        (out / "metrics_unchanged.md").write_text(markdown + "\n")
+        write_text(out / "metrics_unchanged.json", json.dumps({"command": " ".join(sys.argv), "rows": records}, indent=2))
+        write_text(out / "metrics_unchanged.md", markdown + "\n")
         print(markdown)
         return
     if args.report:
         table = summarise(json.loads((out / "protocol_cost.json").read_text())["rows"])
-        (out / "table.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
+        write_text(out / "table.md", table.to_markdown(floatfmt=".2f") + "\n")
         print(table.to_markdown(floatfmt=".2f"))
         return
     rows = measure(args)
@@ -150,8 +152,8 @@ def main(argv=None):
         "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "threads": 1, "old_commit": old_commit, "new_commit": new_commit, "rows": rows,
     }
-    (out / "protocol_cost.json").write_text(json.dumps(record, indent=2))
-    (out / "table.md").write_text(table.to_markdown(floatfmt=".2f") + "\n")
+    write_text(out / "protocol_cost.json", json.dumps(record, indent=2))
+    write_text(out / "table.md", table.to_markdown(floatfmt=".2f") + "\n")
     print(table.to_markdown(floatfmt=".2f"))
 
 

@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from throughput import machine, timed_epoch  # noqa: E402 (benchmarks/ is the script's folder)
 
 from recbole_align.memory import DEFAULT_BUDGET_MB, catalogue_rows  # noqa: E402
-from recbole_align.safe_write import written_atomically  # noqa: E402
+from recbole_align.safe_write import write_text, written_atomically  # noqa: E402
 
 DEFAULT_SIZES = "[10k:1M,100k:1M,700k:1M,100k:0.1M,100k:5M]"
 STEPS = ("BC", "ExpRSFT", "RSFT", "DRPO", "ContinuedBC", "PPO", "GRPO", "DPO")  # in this order; evaluation last
@@ -238,7 +238,7 @@ def main(argv=None):
     results_file = args.output_dir / "scaling.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"sizes": []}
     if args.report_only:
-        (args.output_dir / "table.md").write_text(report(results))
+        write_text(args.output_dir / "table.md", report(results))
         plot(results, args.output_dir / "scaling.png")
         return print(report(results))
     results.update({
@@ -260,9 +260,9 @@ def main(argv=None):
         rows = run_worker(args, name)
         results["sizes"].append({"size": size, "items": items, "ratings": ratings, "users": users, "history": history or None,
                                  "rows": rows})
-        results_file.write_text(json.dumps(results, indent=2))  # each finished size at once
+        write_text(results_file, json.dumps(results, indent=2))  # each finished size at once
         print(f"{size}: peak {max(r['peak_mb'] for r in rows):.0f} MB", file=sys.stderr, flush=True)
-    (args.output_dir / "table.md").write_text(report(results))
+    write_text(args.output_dir / "table.md", report(results))
     plot(results, args.output_dir / "scaling.png")
     print(report(results))
 
