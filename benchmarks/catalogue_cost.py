@@ -8,8 +8,9 @@ For each catalogue size (generated data as benchmarks/scaling.py makes it: ``--u
 ratings, every item rated at least once), each code tree in turn measures, in a worker process of its
 own on ``--threads`` thread(s), ONE WHOLE epoch (``--max_batches`` N: projected from N batches) of each of
 ``--methods`` (default HSTU BC with the reward head, as PPO's BC, and Exp-RSFT) from the freshly
-initialised model, each after a warm-up batch, with the tree's defaults and the tree's settings (``path@key=value``;
-the log lines of what ``item_updates`` and ``policy_estimator`` chose are kept). The trees alternate within a
+initialised model, each after a warm-up batch (``evaluation`` in ``--methods``: one full evaluation of the
+test cases, each ranked over the whole catalogue, by a fresh BC model), with the tree's defaults and the tree's
+settings (``path@key=value``; the log lines of what ``item_updates`` and ``policy_estimator`` chose are kept). The trees alternate within a
 size, so that both see the same machine. Writes ``catalogue_cost.json`` (every measurement, machine, date,
 command; a rerun with the same settings keeps the measurements it has) and ``table.md`` (seconds per epoch,
 each tree's ratio to the first, each size's ratio to the smallest).
@@ -23,6 +24,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +35,7 @@ from throughput import parse_list, timed_epoch  # noqa: E402
 from recbole_align.safe_write import write_text  # noqa: E402
 
 METHODS = "[BC,ExpRSFT]"
+EVALUATION = "evaluation"  # in --methods: one full evaluation of the test cases by a fresh BC model
 
 
 def worker(args):
@@ -56,18 +59,25 @@ def worker(args):
     handler.emit = lambda record: messages.append(record.getMessage())
     rows, train = [], None
     for model in parse_list(args.methods):
-        config, spec = build_config(model, args.dataset, config_dict={**base, **overrides})
+        config, spec = build_config("BC" if model == EVALUATION else model, args.dataset, config_dict={**base, **overrides})
         if train is None:
-            train = length_grouped(config, split_loaders(config, load_dataset(config, spec.model_class))[0])
+            train, _, test = split_loaders(config, load_dataset(config, spec.model_class))
+            train = length_grouped(config, train)
         init_seed(config["seed"], config["reproducibility"])
         logging.getLogger().addHandler(handler)
         trainer = spec.trainer_class(config, spec.model_class(config, train._dataset))
         logging.getLogger().removeHandler(handler)
         if isinstance(trainer, RewardWeightedTrainer):
             trainer.settings = resolve_settings(config, training_ratings(train._dataset, config))
-        seconds = timed_epoch(trainer, train, args.max_batches, repeats=1)
+        metrics = None
+        if model == EVALUATION:  # every test case ranked over the whole catalogue, once; its metrics kept
+            start = time.perf_counter()
+            metrics = {key: float(value) for key, value in trainer.evaluate(test, load_best_model=False).items()}
+            seconds = time.perf_counter() - start
+        else:
+            seconds = timed_epoch(trainer, train, args.max_batches, repeats=1)
         chosen = "; ".join(m for m in messages if m.startswith(("item table updates:", "policy estimator:")))
-        rows.append({"method": model, "seconds_per_epoch": seconds, "batches_per_epoch": len(train),
+        rows.append({"method": model, "seconds_per_epoch": seconds, "batches_per_epoch": len(train), "metrics": metrics,
                      "chosen": chosen or "(before the choice)", "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
         messages.clear()
     print(json.dumps(rows))
@@ -104,7 +114,8 @@ def report(results):
              "", f"Command: `{results['command']}`", "",
              f"{results['users']} users, {results['ratings']:,} ratings; seconds of one whole training epoch "
              f"({epochs}, "
-             "after a warm-up batch), HSTU with the reward head, each tree's defaults.", "",
+             "after a warm-up batch), HSTU with the reward head, each tree's defaults; the `evaluation` row: one "
+             "full evaluation of the test cases.", "",
              seconds.round(2).to_markdown(), "", "## What each tree chose (its log)", "", chosen.to_markdown(), "",
              "## Peak memory (MB) of each worker", "",
              table.pivot_table(index="size", columns="code", values="peak_mb", aggfunc="max", sort=False).round(0).to_markdown()]

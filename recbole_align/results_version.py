@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 
 RESULTS_VERSION = 1
-SOURCE_DIGEST = "bb030c60a57f463c"
+SOURCE_DIGEST = "33792bd89dd1197a"
 
 # the packages and modules (relative to recbole_align/) whose code a run's results come from
 RESULT_SOURCES = ("model", "trainer", "evaluator", "data", "compat.py", "diagnostics.py", "quick_start.py")

@@ -35,6 +35,17 @@ def test_counted_ranks_equal_recbole_sorted_ranks_with_ties():
     assert torch.equal(ours.get("rec.topk"), recbole.get("rec.topk"))
 
 
+def test_counted_ranks_equal_recbole_sorted_ranks_with_several_targets_a_case():
+    torch.manual_seed(1)
+    scores = torch.randint(0, 4, (6, 20)).float()
+    scores[:, 0] = -np.inf
+    positive_u, positive_i = torch.tensor([2, 0, 0, 5, 3]), torch.tensor([4, 7, 9, 1, 12])  # case 0 has two, 1 and 4 none
+    ours, recbole = CaseCollector(COLLECTOR_CONFIG), Collector(COLLECTOR_CONFIG)
+    for collector in (ours, recbole):
+        collector.eval_batch_collect(scores, None, positive_u, positive_i)
+    assert torch.equal(ours.get_data_struct().get("rec.meanrank"), recbole.get_data_struct().get("rec.meanrank"))
+
+
 def test_one_pass_gives_the_filtered_loader_metrics_and_the_ranks(tmp_path):
     data_path = write_atomic(tmp_path, "gen", generated_frame(n_users=30))
     config, spec = config_for("HSTU", "gen", data_path, embedding_size=8, attention_dim=8, linear_dim=8,
