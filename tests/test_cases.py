@@ -35,15 +35,17 @@ def test_counted_ranks_equal_recbole_sorted_ranks_with_ties():
     assert torch.equal(ours.get("rec.topk"), recbole.get("rec.topk"))
 
 
-def test_counted_ranks_equal_recbole_sorted_ranks_with_several_targets_a_case():
+def test_ranks_and_top_hits_equal_recbole_with_several_targets_a_case():
     torch.manual_seed(1)
     scores = torch.randint(0, 4, (6, 20)).float()
     scores[:, 0] = -np.inf
-    positive_u, positive_i = torch.tensor([2, 0, 0, 5, 3]), torch.tensor([4, 7, 9, 1, 12])  # case 0 has two, 1 and 4 none
+    positive_u, positive_i = torch.tensor([2, 0, 0, 5, 3, 0]), torch.tensor([4, 7, 9, 1, 12, 7])  # case 0: two, one twice
     ours, recbole = CaseCollector(COLLECTOR_CONFIG), Collector(COLLECTOR_CONFIG)
     for collector in (ours, recbole):
         collector.eval_batch_collect(scores, None, positive_u, positive_i)
-    assert torch.equal(ours.get_data_struct().get("rec.meanrank"), recbole.get_data_struct().get("rec.meanrank"))
+    ours, recbole = ours.get_data_struct(), recbole.get_data_struct()
+    for key in ("rec.meanrank", "rec.topk"):
+        assert torch.equal(ours.get(key), recbole.get(key)), key
 
 
 def test_one_pass_gives_the_filtered_loader_metrics_and_the_ranks(tmp_path):

@@ -14,18 +14,26 @@ from recbole_align.evaluator.filtering import rating_filter
 CASE_KEYS = ("rec.items", "rec.topk", "rec.meanrank", "rec.score", "data.label")
 
 
-def counted(flags):
-    """The number of true entries of each row of a bool matrix (summed in int32: the int64 default is
-    about twice as slow on a CPU, and a row of a catalogue has far fewer than 2^31 entries)."""
-    return flags.sum(dim=1, dtype=torch.int32)
+# entries compared at a time when counting: a [cases x catalogue] comparison at once costs more to allocate
+# (fresh pages) than to count; blocks of rows this size stay in cache and are reused
+COUNT_BLOCK = 1 << 22
+
+
+def counted_above(rows, thresholds, inclusive=False):
+    """#{a : rows[j, a] > thresholds[j]} (``>=`` when ``inclusive``) for each row j, in int32 (a catalogue
+    has far fewer than 2^31 items), counted over blocks of about COUNT_BLOCK entries."""
+    compare = torch.ge if inclusive else torch.gt
+    height = max(1, COUNT_BLOCK // rows.size(1))
+    return torch.cat([compare(block, limit).sum(1, dtype=torch.int32)
+                      for block, limit in zip(rows.split(height), thresholds.split(height))])
 
 
 def target_ranks(rows, targets):
     """rank_j = #{a : s_ja > s_j,t} + (#{a : s_ja = s_j,t} + 1) / 2 for each row j of scores and its target
-    t = targets[j]: two counting passes over the row, no sort."""
+    t = targets[j]: counted, no sort."""
     target_score = rows.gather(1, targets.unsqueeze(1))
-    above = counted(rows > target_score)
-    return above + (counted(rows >= target_score) - above + 1) / 2
+    above = counted_above(rows, target_score)
+    return above + (counted_above(rows, target_score, inclusive=True) - above + 1) / 2
 
 
 class CaseCollector(Collector):
@@ -34,25 +42,38 @@ class CaseCollector(Collector):
     catalogue: the average rank of the target among its ties, which is RecBole's value (``_average_rank``
     of the descending sort), at O(n_items) per case instead of O(n_items log n_items). The candidate
     count (RecBole's ``user_len_list``, the position of the first lowest score) is
-    #{a : s_ia > min_a s_ia}."""
+    #{a : s_ia > min_a s_ia}. ``rec.topk`` is RecBole's too, without its [cases x catalogue] matrix."""
 
     last_struct = None  # the struct of the last evaluation (see get_data_struct)
 
     def __init__(self, config):
         super().__init__(config)
-        setattr(self.register, "rec.meanrank", False)  # collected below, for every metric set
+        self.wants_top_hits = self.register.need("rec.topk")
+        for key in ("rec.meanrank", "rec.topk"):  # collected below (the ranks for every metric set)
+            setattr(self.register, key, False)
 
     def eval_batch_collect(self, scores_tensor, interaction, positive_u, positive_i):
         super().eval_batch_collect(scores_tensor, interaction, positive_u, positive_i)
-        n_cases = len(scores_tensor)
-        one_each = len(positive_u) == n_cases and torch.equal(positive_u, torch.arange(n_cases, device=positive_u.device))
+        n_cases, n_items = scores_tensor.shape
+        pairs = torch.unique(positive_u * n_items + positive_i)  # a (case, target) pair counts once, as in RecBole
+        positive_u, positive_i = pairs // n_items, pairs % n_items
+        pos_len = torch.bincount(positive_u, minlength=n_cases)
+        if self.wants_top_hits:
+            self.data_struct.update_tensor("rec.topk", self.top_hits(scores_tensor, positive_u, positive_i, pos_len))
+        one_each = len(pairs) == n_cases and torch.equal(positive_u, torch.arange(n_cases, device=pairs.device))
         rows = scores_tensor if one_each else scores_tensor[positive_u]  # no copy when each case has one target
         ranks = target_ranks(rows, positive_i)
         pos_rank_sum = scores_tensor.new_zeros(n_cases).index_add_(0, positive_u, ranks.to(scores_tensor.dtype))
-        pos_len = torch.bincount(positive_u, minlength=n_cases)
-        candidates = counted(scores_tensor > scores_tensor.amin(dim=1, keepdim=True))
+        candidates = counted_above(scores_tensor, scores_tensor.amin(dim=1, keepdim=True))
         mean_rank = torch.stack((pos_rank_sum.float(), candidates.float(), pos_len.float()), dim=1)
         self.data_struct.update_tensor("rec.meanrank", mean_rank)
+
+    def top_hits(self, scores, positive_u, positive_i, pos_len):
+        """RecBole's ``rec.topk``: for each case, whether each of its max(topk) best items (torch.topk's order,
+        as RecBole's) is one of its targets, then its number of targets."""
+        _, top = torch.topk(scores, max(self.topk), dim=-1)
+        hits = torch.zeros_like(top).index_add_(0, positive_u, (top[positive_u] == positive_i.unsqueeze(1)).long())
+        return torch.cat((hits, pos_len.unsqueeze(1)), dim=1)
 
     def get_data_struct(self):
         """RecBole's struct of the evaluation that ended, also kept as ``last_struct``."""
