@@ -7,7 +7,6 @@ import os
 import sys
 from logging import getLogger
 from pathlib import Path
-from time import time
 
 import numpy as np
 import torch
@@ -107,9 +106,7 @@ def train_and_evaluate(config, spec, saved=True):
     if config["epoch_test_metrics"]:
         trainer.epoch_test_loader = test_data
 
-    start = time()
     trainer.fit(train_data, valid_selection, saved=saved, show_progress=config["show_progress"])
-    train_seconds = time() - start
 
     final, best = evaluate_final_and_best(trainer, valid_data, test_data, saved)
     metrics, counts = {}, {}
@@ -129,7 +126,7 @@ def train_and_evaluate(config, spec, saved=True):
         **counts,
         "checkpoint": trainer.saved_model_file if saved else None,
         "pretrained_checkpoint": config["pretrained_checkpoint"] if spec.post_training else None,
-        "train_seconds": train_seconds,
+        "train_seconds": trainer.fit_seconds,  # a resumed run's earlier processes included
         "epochs_run": len(trainer.epoch_log),
         "best_epoch": trainer.best_epoch(),
         "seconds_per_epoch": sum(e["train_seconds"] for e in trainer.epoch_log) / max(len(trainer.epoch_log), 1),

@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 
 RESULTS_VERSION = 1
-SOURCE_DIGEST = "e2a74a54b03788e7"
+SOURCE_DIGEST = "c45558e8904f399b"
 
 # the packages and modules (relative to recbole_align/) whose code a run's results come from
 RESULT_SOURCES = ("model", "trainer", "evaluator", "data", "compat.py", "diagnostics.py", "quick_start.py")

@@ -173,6 +173,9 @@ class AlignTrainerMixin:
         self.epoch_test_loader = None  # the test cases, evaluated after every validation (epoch_test_metrics)
         self.last_epoch_test = None  # the SplitResult of the last epoch's test pass
         self.resumed_rng = None  # the random states to restore when fit() continues a resumed run
+        self.earlier_fit_seconds = 0.0  # fit()'s seconds in the earlier processes of a resumed run
+        self.fit_started = None  # when this process's fit() began
+        self.fit_seconds = None  # fit()'s seconds in all, once it has returned
         self.identity = None  # the run's identity (recbole_align.identity), set by the run before fit()
         if config["checkpoint_file"]:
             self.saved_model_file = config["checkpoint_file"]
@@ -284,6 +287,7 @@ class AlignTrainerMixin:
             "epoch_log": self.epoch_log,
             "rng": rng,
             "identity": self.identity,
+            "fit_seconds": self.seconds_in_fit(),
         }
 
     def load_resume_state(self, state):
@@ -292,6 +296,7 @@ class AlignTrainerMixin:
         self.best_valid_result = state["best_valid_result"]
         self.epoch_log = state["epoch_log"]
         self.resumed_rng = state["rng"]
+        self.earlier_fit_seconds = state.get("fit_seconds", 0.0)  # files written before it was kept: 0
 
     def _checkpoint_state(self, epoch):
         """What RecBole's ``_save_checkpoint`` saves for ``epoch``."""
@@ -351,12 +356,18 @@ class AlignTrainerMixin:
         trains nothing, leaving its best checkpoint to the evaluation. Ctrl-C stops it after the current
         batch (:class:`Interrupted`, with the command that resumes it)."""
         single = self.config["single_spec"]
+        self.fit_started = time()
         with stop_requests() if single else contextlib.nullcontext(lambda: False) as requested:
             self.stop_requested = requested
             try:
                 return self._fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             finally:
                 del self.stop_requested
+                self.fit_seconds = self.seconds_in_fit()
+
+    def seconds_in_fit(self):
+        """fit()'s seconds so far over every process of the run (a resumed run's earlier ones included)."""
+        return self.earlier_fit_seconds + (time() - self.fit_started if self.fit_started is not None else 0.0)
 
     def _fit(self, train_data, valid_data, verbose, saved, show_progress, callback_fn):
         if self.resumed_rng is not None:
