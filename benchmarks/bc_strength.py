@@ -142,7 +142,7 @@ def main(argv=None):
         ci=[f"[{low:+.1f}%, {high:+.1f}%]" + (" *" if sig else "") for low, high, sig in
             zip(table["low_pct"], table["high_pct"], table["significant"])])
     columns = ["view", "level", "bc_epochs", "method", "metric", "bc", "method_value", "gain_pct", "ci", "cases", "seeds"]
-    write_text(output_dir / "strength.md", 
+    write_text(output_dir / "strength.md",
         "Gain of each method over the BC it starts from, by BC level (BC trained N epochs, or to its plateau: "
         f"{BC_PLATEAU}); rating-filtered test cases, pooled paired bootstrap 95% CI over seeds (* excludes 0).\n\n"
         + shown[columns].to_markdown(index=False, floatfmt=".4f") + "\n\n    python benchmarks/bc_strength.py "

@@ -10,8 +10,8 @@ own on ``--threads`` thread(s), ONE WHOLE epoch (``--max_batches`` N: projected 
 ``--methods`` (default HSTU BC with the reward head, as PPO's BC, and Exp-RSFT) from the freshly
 initialised model, each after a warm-up batch (``evaluation`` in ``--methods``: one full evaluation of the
 test cases, each ranked over the whole catalogue, by a fresh BC model), with the tree's defaults and the tree's
-settings (``path@key=value``; the log lines of what ``item_updates`` and ``policy_estimator`` chose are kept). The trees alternate within a
-size, so that both see the same machine. Writes ``catalogue_cost.json`` (every measurement, machine, date,
+settings (``path@key=value``; the log lines of what ``item_updates`` and ``policy_estimator`` chose are kept).
+The trees alternate within a size, so that both see the same machine. Writes ``catalogue_cost.json`` (every measurement, machine, date,
 command; a rerun with the same settings keeps the measurements it has) and ``table.md`` (seconds per epoch,
 each tree's ratio to the first, each size's ratio to the smallest).
 """
@@ -59,7 +59,8 @@ def worker(args):
     handler.emit = lambda record: messages.append(record.getMessage())
     rows, train = [], None
     for model in parse_list(args.methods):
-        config, spec = build_config("BC" if model == EVALUATION else model, args.dataset, config_dict={**base, **overrides})
+        trained = "BC" if model == EVALUATION else model
+        config, spec = build_config(trained, args.dataset, config_dict={**base, **overrides})
         if train is None:
             train, _, test = split_loaders(config, load_dataset(config, spec.model_class))
             train = length_grouped(config, train)
