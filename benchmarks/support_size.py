@@ -43,8 +43,9 @@ def support_sizes(dataset, data_path, config_files):
     n_items, tail = train._dataset.item_num, config["policy_tail_samples"]
     sizes, heads = [], []
     for batch in train:
-        item_seq, seq_len = batch[config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]], batch[config["ITEM_LIST_LENGTH_FIELD"]]
-        mask = torch.arange(item_seq.size(1)) < seq_len.unsqueeze(1)
+        item_seq = batch[config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]]
+        seq_len = batch[config["ITEM_LIST_LENGTH_FIELD"]]
+        mask = torch.arange(item_seq.size(1)) < seq_len.unsqueeze(1)  # every valid position trains (position_mask)
         targets = next_step(item_seq, seq_len, batch[config["ITEM_ID_FIELD"]])[mask]
         support = Support(targets, n_items, tail)
         sizes.append(len(support.items) - 1)  # slot 0 is the padding item
