@@ -313,6 +313,22 @@ def test_final_table_keeps_bc_at_its_best_epoch_and_epochs_plain():
     assert lines[2:] == ["| BC | **0.2000** | 0.0 |", "| PPO | 0.0500 (-75.0%) | 3.0 |"]
 
 
+def test_a_tuned_benchmark_sweeps_around_its_choice():
+    from recbole_align.experiment.plan import plan
+
+    tuned = {"ExpRSFT": {"learning_rate": 1e-4, "dropout_prob": 0.2, "reward_lambda": 0.5},
+             "DRPO": {"learning_rate": 1e-3, "dropout_prob": 0.0}}
+    runs = {run.label: run.settings for run in plan([1], ["BC", "ExpRSFT", "DRPO"], [], [0.25, 4], "HSTU", None, 3, {},
+                                                    tuned, noise_levels=[0, 1])}
+    assert runs["ExpRSFT"]["reward_lambda"] == 0.5
+    assert runs["ExpRSFT λ=0.25"] == {**runs["ExpRSFT"], "reward_lambda": 0.25}
+    assert runs["ExpRSFT λ=4 σ=1"] == {**runs["ExpRSFT"], "reward_lambda": 4, "reward_noise_std": 1}
+    assert runs["DRPO σ=1"] == {**runs["DRPO"], "reward_noise_std": 1}
+    assert "learning_rate" not in runs["RSFT rescaled σ=1"]  # no choice for its row: its defaults
+    untuned = {run.label: run.settings for run in plan([1], ["BC"], [], [4], "HSTU", None, 3, {})}
+    assert set(untuned["ExpRSFT λ=4"]) == {"backbone", "seed", "epochs", "stopping_step", "reward_lambda"}
+
+
 def test_noise_sweep_rows_tables_and_picked_lambdas(tmp_path):
     from recbole_align.experiment.plan import Run, noise_rows, plan
     from recbole_align.experiment.tables import noise_section

@@ -103,16 +103,21 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
     """The runs of one benchmark, in order: per seed, BC, the methods (with ``tuned``: {label:
     settings} on top), the λ sweep, then the baselines (``baseline_epochs``: {baseline: budget}; RecBole's
     early stopping; ``given``: see :func:`bc_run`), the reward-noise sweep's rows not planned already
-    (:func:`noise_rows`). A post-training run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
+    (:func:`noise_rows`). A sweep's row takes the ``tuned`` settings of its method's row (Exp-RSFT's for the
+    λ rows), its own λ and σ on top, so that a tuned benchmark sweeps around its choice. A post-training
+    run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
+    tuned = tuned or {}
+    row_of = {"ExpRSFT": "ExpRSFT", **{m: label for label, m, _ in NOISE_METHODS}}  # a sweep's model -> its method row
     runs = []
     for seed in seeds:
         runs.append(bc_run(seed, backbone, bc_epochs, given))
         post = post_settings(backbone, seed, epochs)
-        runs += [Run(label, m, seed, {**post, **settings, **(tuned or {}).get(label, {})})
+        runs += [Run(label, m, seed, {**post, **settings, **tuned.get(label, {})})
                  for label, m, settings in method_rows(methods)]
-        runs += [Run(lambda_label(lam), "ExpRSFT", seed, {**post, "reward_lambda": lam}, sweep_lambda=lam) for lam in lambdas]
+        runs += [Run(lambda_label(lam), "ExpRSFT", seed, {**post, **tuned.get("ExpRSFT", {}), "reward_lambda": lam},
+                     sweep_lambda=lam) for lam in lambdas]
         planned = {run.label for run in runs if run.seed == seed}
-        runs += [Run(label, m, seed, {**post, **settings}, sweep_lambda=lam, noise_std=sigma)
+        runs += [Run(label, m, seed, {**post, **tuned.get(row_of[m], {}), **settings}, sweep_lambda=lam, noise_std=sigma)
                  for label, m, settings, lam, sigma in noise_rows(lambdas, noise_levels) if label not in planned]
         runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs[b]}) for b in baselines]
     return runs

@@ -230,7 +230,11 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
                   if lambda_label(lam) in sweep["final"]]
         plot_against_lambda({"Exp-RSFT": points}, output_dir / "lambda_sweep.png",
                             f"Exp-RSFT λ sweep on {args.dataset} (final epoch)", sweep["final"].get("BC", {}).get("ndcg@10"))
-        parts += ["## λ sweep (Figure 3), final epoch", format_table(sweep["final"], [*COLUMNS, *epoch_column]),
+        choice = ((tuning[1] if tuning else given_choice) or {}).get("ExpRSFT", {})
+        chosen_keys = ", ".join(f"{key}={value}" for key, value in choice.items() if key != "reward_lambda")
+        around = f" (at Exp-RSFT's chosen {chosen_keys})" if chosen_keys else ""
+        parts += [f"## λ sweep (Figure 3), final epoch{around}",
+                  format_table(sweep["final"], [*COLUMNS, *epoch_column]),
                   "![λ sweep](lambda_sweep.png)", "## λ sweep, best validation epoch",
                   format_table(sweep["best"], [*COLUMNS, *epoch_column])]
         model = {run.label: run.model for run in runs}
