@@ -109,6 +109,31 @@ def test_a_run_is_named_by_everything_that_decides_it(tmp_path):
     assert run_hash(run(), "ml-100k", [yaml], ["--hidden_size=8"]) != base
 
 
+def test_a_run_planned_under_two_labels_is_run_once(tmp_path, monkeypatch):
+    """A swept λ that is the tuned one is the tuned row's run (same model, seed and settings: same hash):
+    its finished results are reused under the other label; another λ is another run."""
+    from recbole_align.experiment import jobs
+    from recbole_align.experiment.plan import Run
+
+    identity = {"code": "c", "settings": {"reward_lambda": 0.5}, "data": {}, "start": None}
+    monkeypatch.setattr(jobs, "planned_config", lambda *args: None)
+    monkeypatch.setattr(jobs, "run_identity", lambda config, cwd: identity)
+    started = []
+    monkeypatch.setattr(jobs.subprocess, "run",
+                        lambda command, **kwargs: started.append(command) or subprocess.CompletedProcess(command, 1))
+    settings = {"epochs": 1, "learning_rate": 1e-4, "reward_lambda": 0.5}
+    tuned = Run("ExpRSFT", "ExpRSFT", 2020, dict(settings))
+    (tmp_path / "runs").mkdir()
+    finished = tmp_path / "runs" / f"ExpRSFT-seed2020-{jobs.run_hash(tuned, 'd', [], [])}.json"
+    finished.write_text(json.dumps({"identity": identity, "cases_file": "c.npz"}))
+    swept = Run("ExpRSFT λ=0.5", "ExpRSFT", 2020, dict(settings), sweep_lambda=0.5)
+    assert jobs.execute(swept, "d", tmp_path, [], []) == 0.0 and not started
+    assert swept.results_file == finished and swept.results["cases_file"] == "c.npz"
+    other = Run("ExpRSFT λ=1", "ExpRSFT", 2020, {**settings, "reward_lambda": 1}, sweep_lambda=1)
+    jobs.execute(other, "d", tmp_path, [], [])
+    assert len(started) == 1 and other.results_file.name.startswith("ExpRSFT-lambda1-seed2020-")
+
+
 def test_parse_budgets():
     assert parse_budgets("300", ["SASRec", "GRU4Rec"]) == {"SASRec": 300, "GRU4Rec": 300}
     assert parse_budgets("SASRec:5,100", ["SASRec", "GRU4Rec"]) == {"SASRec": 5, "GRU4Rec": 100}

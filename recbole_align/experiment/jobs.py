@@ -59,10 +59,13 @@ def reuse_changes(run, results_file, identity, reuse_older):
 
 
 def execute(run, dataset, output_dir, config_files, user_args, reuse_older=False):
-    """Run ``run`` in its own process, or reuse its results JSON when it is the run planned (:func:`reuse_changes`);
-    returns the seconds it took (0 if reused)."""
+    """Run ``run`` in its own process, or reuse its results JSON when it is the run planned (:func:`reuse_changes`),
+    also one that another row's label names with the same hash; returns the seconds it took (0 if reused)."""
     name = run.label.replace(" λ=", "-lambda").replace(" ", "-")
     stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
+    twins = sorted((output_dir / "runs").glob(f"*{stem[len(name):]}.json"))
+    if twins and not (output_dir / "runs" / f"{stem}.json").is_file():
+        stem = twins[0].stem  # the same run under another row's label (a swept λ that is the tuned one)
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
     run.results_file = results_file
