@@ -451,6 +451,10 @@ def test_sweep_and_tables_from_a_given_bc_checkpoint_without_reward_head(workdir
     assert list(rows.best_epoch[1:]) == [0, 0, 0] and list(rows.final_epoch[1:]) == [0, 0, 0]
     assert (out / "lambda_sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "lambda_trade_off.png").read_bytes()[:4] == b"\x89PNG"
+    for name in ("lambda_paired_final.csv", "lambda_paired_final_all.csv"):  # every λ row against BC, Holm over them
+        pairs = pd.read_csv(out / name, dtype={"seed": str}).query("seed == 'pooled'")
+        assert list(zip(pairs.a, pairs.b)) == [("ExpRSFT λ=0.5", "BC"), ("ExpRSFT λ=2", "BC")]
+        assert (pairs.p_holm >= pairs.p).all() and (pairs.low <= pairs.difference).all()
     assert "[4/4] ExpRSFT λ=2 seed 2020" in process.stdout
     table = markdown_lines((out / "table.md").read_text())
     assert "| Method | NDCG@10 | NDCG@50 | HR@10 | HR@50 | MRR | epoch |" in table  # no reward head: no Avg Reward

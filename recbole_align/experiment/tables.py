@@ -248,6 +248,14 @@ def write_outputs(runs, args, labels, lambdas, output_dir, overrides, command, w
                                  [[label, f"{x[0]:.4f} ± {x[1]:.4f}", f"{y[0]:.4f} ± {y[1]:.4f}"]
                                   for label, (x, y) in points.items()]),
                   "![the λ trade-off](lambda_trade_off.png)"]
+        controls = [label for label in labels if model.get(label) == "ContinuedBC"]
+        family = list(dict.fromkeys(["BC", *controls, *(lambda_label(lam) for lam in lambdas)]))
+        for filtered, cases, suffix in ((True, "rating-filtered test cases", ""), (False, "all test cases", "_all")):
+            paired = paired_tables(runs, family, "final", metrics=("ndcg@10",), filtered=filtered)
+            if paired is not None:
+                parts += [f"## The λ rows against BC and the control, final epoch ({cases}; intervals and Holm's "
+                          "adjustment over this table as in the paired tables above)", paired[0]]
+                write_records(output_dir / f"lambda_paired_final{suffix}.csv", paired[1])
     if noise_levels:
         parts += noise_section(runs, lambdas, noise_levels, output_dir, args.dataset)
     trials = []
