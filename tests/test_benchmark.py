@@ -132,6 +132,11 @@ def test_a_run_planned_under_two_labels_is_run_once(tmp_path, monkeypatch):
     other = Run("ExpRSFT λ=1", "ExpRSFT", 2020, {**settings, "reward_lambda": 1}, sweep_lambda=1)
     jobs.execute(other, "d", tmp_path, [], [])
     assert len(started) == 1 and other.results_file.name.startswith("ExpRSFT-lambda1-seed2020-")
+    identity["code"] = "changed"  # a stale twin is its own row's to train again: this row keeps its own name
+    again = Run("ExpRSFT λ=0.5", "ExpRSFT", 2020, dict(settings), sweep_lambda=0.5)
+    jobs.execute(again, "d", tmp_path, [], [])
+    assert len(started) == 2 and again.results is None and finished.is_file()
+    assert again.results_file.name.startswith("ExpRSFT-lambda0.5-seed2020-")
 
 
 def test_parse_budgets():

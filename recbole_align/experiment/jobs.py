@@ -58,14 +58,28 @@ def reuse_changes(run, results_file, identity, reuse_older):
     return stale_inputs(results_file) if "inputs" in run.results else []
 
 
+def reused_twin(run, pattern, identity, reuse_older):
+    """Whether a finished run matching ``pattern`` (the same hash under another row's label: the same model,
+    seed and settings, as a swept λ that is the tuned one) is ``run`` as it is (:func:`reuse_changes`): then
+    ``run`` takes its results. One that is not is left to its own row; ``run`` keeps its own name."""
+    for twin in sorted(Path(pattern).parent.glob(Path(pattern).name)):
+        try:
+            run.results = json.loads(twin.read_text())
+        except (OSError, ValueError):  # its own row is training it again
+            continue
+        if not reuse_changes(run, twin, identity, reuse_older):
+            run.results_file = twin
+            return True
+    run.results, run.older = None, False
+    return False
+
+
 def execute(run, dataset, output_dir, config_files, user_args, reuse_older=False):
     """Run ``run`` in its own process, or reuse its results JSON when it is the run planned (:func:`reuse_changes`),
-    also one that another row's label names with the same hash; returns the seconds it took (0 if reused)."""
+    or another row's run with the same hash (:func:`reused_twin`); returns the seconds it took (0 if reused)."""
     name = run.label.replace(" λ=", "-lambda").replace(" ", "-")
-    stem = f"{name}-seed{run.seed}-{run_hash(run, dataset, config_files, user_args)}"
-    twins = sorted((output_dir / "runs").glob(f"*{stem[len(name):]}.json"))
-    if twins and not (output_dir / "runs" / f"{stem}.json").is_file():
-        stem = twins[0].stem  # the same run under another row's label (a swept λ that is the tuned one)
+    digest = run_hash(run, dataset, config_files, user_args)
+    stem = f"{name}-seed{run.seed}-{digest}"
     results_file, log_file = output_dir / "runs" / f"{stem}.json", output_dir / "runs" / f"{stem}.log"
     run.settings["checkpoint_file"] = str(output_dir / "checkpoints" / f"{stem}.pth")
     run.results_file = results_file
@@ -76,6 +90,9 @@ def execute(run, dataset, output_dir, config_files, user_args, reuse_older=False
         run.error = str(error)
         return 0.0
     identity = run_identity(config, cwd=output_dir)
+    if not results_file.is_file() and reused_twin(run, output_dir / "runs" / f"*-seed{run.seed}-{digest}.json",
+                                                  identity, reuse_older):
+        return 0.0
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())
         changes = reuse_changes(run, results_file, identity, reuse_older)
