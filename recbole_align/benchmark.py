@@ -11,8 +11,8 @@ head (or ``--pretrained_checkpoint`` is taken as every seed's BC, its row that c
 a 0-epoch run), and every post-training method starts from that checkpoint and trains for the fixed
 budget of ``--epochs`` (30, the paper's; early stopping off); RSFT runs twice, on raw and on [0,
 1]-rescaled ratings; ``--sweep_lambda`` adds an Exp-RSFT row per λ (at Exp-RSFT's tuned settings
-when tuned). With ``--tune``, every post-training row first gets the same grid of 8 trials on the first seed (SHARED_GRID x its
-method's key in METHOD_TABLE; without the values a row's trainer refuses), chosen on the filtered valid NDCG@10, and every seed then runs at the choice;
+when tuned). With ``--tune``, every post-training row first gets the same grid of 8 trials on the first
+seed (SHARED_GRID x its method's key in METHOD_TABLE; without the values a row's trainer refuses), chosen on the filtered valid NDCG@10, and every seed then runs at the choice;
 ``--tuned_from`` takes the choice of another benchmark's tuning.csv instead (another dataset's, untuned here). The
 RecBole baselines train with RecBole's own pipeline for at most ``--baseline_epochs`` epochs. Every
 run is a process of ``python -m recbole_align`` whose results JSON (and log) is kept under

@@ -58,11 +58,11 @@ def reuse_changes(run, results_file, identity, reuse_older):
     return stale_inputs(results_file) if "inputs" in run.results else []
 
 
-def reused_twin(run, pattern, identity, reuse_older):
-    """Whether a finished run matching ``pattern`` (the same hash under another row's label: the same model,
-    seed and settings, as a swept λ that is the tuned one) is ``run`` as it is (:func:`reuse_changes`): then
-    ``run`` takes its results. One that is not is left to its own row; ``run`` keeps its own name."""
-    for twin in sorted(Path(pattern).parent.glob(Path(pattern).name)):
+def reused_twin(run, twins, identity, reuse_older):
+    """Whether one of ``twins`` (results JSONs of the same hash under another row's label: the same model, seed
+    and settings, as a swept λ that is the tuned one) is ``run`` as it is (:func:`reuse_changes`): then ``run``
+    takes its results. One that is not is left to its own row; ``run`` keeps its own name."""
+    for twin in twins:
         try:
             run.results = json.loads(twin.read_text())
         except (OSError, ValueError):  # its own row is training it again
@@ -90,8 +90,8 @@ def execute(run, dataset, output_dir, config_files, user_args, reuse_older=False
         run.error = str(error)
         return 0.0
     identity = run_identity(config, cwd=output_dir)
-    if not results_file.is_file() and reused_twin(run, output_dir / "runs" / f"*-seed{run.seed}-{digest}.json",
-                                                  identity, reuse_older):
+    twins = sorted((output_dir / "runs").glob(f"*-seed{run.seed}-{digest}.json"))
+    if not results_file.is_file() and reused_twin(run, twins, identity, reuse_older):
         return 0.0
     if results_file.is_file():
         run.results = json.loads(results_file.read_text())

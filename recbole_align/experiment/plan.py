@@ -107,7 +107,7 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
     λ rows), its own λ and σ on top, so that a tuned benchmark sweeps around its choice. A post-training
     run's ``pretrained_checkpoint`` is filled in once its seed's BC has run."""
     tuned = tuned or {}
-    row_of = {"ExpRSFT": "ExpRSFT", **{m: label for label, m, _ in NOISE_METHODS}}  # a sweep's model -> its method row
+    row_of = {"ExpRSFT": "ExpRSFT", **{m: label for label, m, _ in NOISE_METHODS}}  # a sweep's model -> its row
     runs = []
     for seed in seeds:
         runs.append(bc_run(seed, backbone, bc_epochs, given))
@@ -117,7 +117,8 @@ def plan(seeds, methods, baselines, lambdas, backbone, bc_epochs, epochs, baseli
         runs += [Run(lambda_label(lam), "ExpRSFT", seed, {**post, **tuned.get("ExpRSFT", {}), "reward_lambda": lam},
                      sweep_lambda=lam) for lam in lambdas]
         planned = {run.label for run in runs if run.seed == seed}
-        runs += [Run(label, m, seed, {**post, **tuned.get(row_of[m], {}), **settings}, sweep_lambda=lam, noise_std=sigma)
+        runs += [Run(label, m, seed, {**post, **tuned.get(row_of[m], {}), **settings}, sweep_lambda=lam,
+                     noise_std=sigma)
                  for label, m, settings, lam, sigma in noise_rows(lambdas, noise_levels) if label not in planned]
         runs += [Run(b, b, seed, {"seed": seed, "epochs": baseline_epochs[b]}) for b in baselines]
     return runs
