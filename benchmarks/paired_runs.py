@@ -5,8 +5,8 @@
         --b="benchmarks/results/protocol3-plateau-ml-1m-half/runs/BC-seed202[012]-*.json" --b_label="BC dense" \
         --output=benchmarks/results/sparse-items-ml-1m-half/paired.md
 
-Each side is a glob of results JSONs (one run per seed, each with its ``cases_file``); the seeds both sides have
-are paired. For the rating-filtered and for all test cases, at each run's best (kept) epoch and at the end of
+Each side is one or more globs of results JSONs (``--a``/``--b`` repeated; one run per seed, each with its
+``cases_file``); the seeds both sides have are paired. For the rating-filtered and for all test cases, at each run's best (kept) epoch and at the end of
 its training, the difference A - B of NDCG@10 and HR@10 with the interval counting seeds and cases
 (``recbole_align.evaluator.paired``), Holm-adjusted over the table; each side's seeds, epochs, training time, Avg Reward and (for the on-policy methods) the run's own estimate
 of KL(π || π_BC) at its last epoch.
@@ -27,14 +27,14 @@ from recbole_align.safe_write import write_text
 METRICS = ("ndcg@10", "hit@10")
 
 
-def runs_by_seed(pattern):
-    """{seed: results} of the results JSONs matching ``pattern``; two runs of one seed are an error."""
+def runs_by_seed(patterns):
+    """{seed: results} of the results JSONs matching any of ``patterns``; two runs of one seed are an error."""
     runs = {}
-    for path in sorted(glob.glob(pattern)):
+    for path in sorted({path for pattern in patterns for path in glob.glob(pattern)}):
         results = json.loads(Path(path).read_text())
         seed = results["config"]["seed"]
         if seed in runs:
-            sys.exit(f"paired_runs.py: error: two runs of seed {seed} match [{pattern}]: narrow the glob.")
+            sys.exit(f"paired_runs.py: error: two runs of seed {seed} match {patterns}: narrow the globs.")
         runs[seed] = {**results, "results_file": path}
     return runs
 
@@ -65,8 +65,8 @@ def compare(a, b, names):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--a", required=True, help="glob of side A's results JSONs")
-    parser.add_argument("--b", required=True, help="glob of side B's results JSONs")
+    parser.add_argument("--a", required=True, action="append", help="glob of side A's results JSONs (repeat for several)")
+    parser.add_argument("--b", required=True, action="append", help="glob of side B's results JSONs (repeat for several)")
     parser.add_argument("--a_label", default="A")
     parser.add_argument("--b_label", default="B")
     parser.add_argument("--output", type=Path, required=True, help="the markdown report (a .json of the records beside it)")
