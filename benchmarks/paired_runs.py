@@ -6,10 +6,11 @@
         --output=benchmarks/results/sparse-items-ml-1m-half/paired.md
 
 Each side is one or more globs of results JSONs (``--a``/``--b`` repeated; one run per seed, each with its
-``cases_file``); the seeds both sides have are paired. For the rating-filtered and for all test cases, at each run's best (kept) epoch and at the end of
-its training, the difference A - B of NDCG@10 and HR@10 with the interval counting seeds and cases
-(``recbole_align.evaluator.paired``), Holm-adjusted over the table; each side's seeds, epochs, training time, Avg Reward and (for the on-policy methods) the run's own estimate
-of KL(π || π_BC) at its last epoch.
+``cases_file``); the seeds both sides have are paired. For the rating-filtered and for all test cases, at each
+run's best (kept) epoch and at the end of its training, the difference A - B of NDCG@10 and HR@10 with the
+interval counting seeds and cases (``recbole_align.evaluator.paired``), Holm-adjusted over the table; each side's
+seeds, epochs, training time, Avg Reward and (for the on-policy methods) the run's own estimate of KL(π || π_BC)
+at its last epoch.
 """
 
 import argparse

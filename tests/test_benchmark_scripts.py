@@ -1,7 +1,8 @@
 """Small benchmark scripts: support_size.py (the sampled support's share of the catalogue, at the two ends where
-it is known) and profile_step.py's share of catalogue-wide operators."""
+it is known), profile_step.py's share of catalogue-wide operators and paired_runs.py's sides."""
 
 import importlib.util
+import json
 import sys
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ def script(name):
     return module
 
 
-support_size, profile_step = script("support_size"), script("profile_step")
+support_size, profile_step, paired_runs = script("support_size"), script("profile_step"), script("paired_runs")
 
 
 def sizes_with_tail(tmp_path, data_path, tail_samples):
@@ -47,3 +48,13 @@ def test_catalogue_share_counts_the_operators_with_a_catalogue_wide_input():
                  SimpleNamespace(self_cpu_time_total=120, input_shapes=[[8, 4], [], 11])]  # a scalar 11 is no shape
     assert profile_step.catalogue_share(operators, 11) == pytest.approx(0.4)
     assert profile_step.catalogue_share([], 11) == 0.0
+
+
+def test_a_side_of_paired_runs_is_the_union_of_its_globs_one_run_a_seed(tmp_path):
+    for name, seed in (("A-seed1-x.json", 1), ("A-seed2-y.json", 2), ("A-seed2-z.json", 2)):
+        (tmp_path / name).write_text(json.dumps({"config": {"seed": seed}}))
+    side = paired_runs.runs_by_seed([str(tmp_path / "A-seed1-*.json"), str(tmp_path / "A-seed2-y*.json"),
+                                     str(tmp_path / "A-seed1-x.json")])  # a file two globs match counts once
+    assert sorted(side) == [1, 2] and side[2]["results_file"].endswith("A-seed2-y.json")
+    with pytest.raises(SystemExit, match="two runs of seed 2"):
+        paired_runs.runs_by_seed([str(tmp_path / "A-seed2-*.json")])
